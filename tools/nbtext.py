@@ -1,7 +1,8 @@
 """Edit notebooks as plain text and back: `python tools/nbtext.py to-text nbs/X.ipynb [...]`
 writes `.nbsrc/X.py`; `python tools/nbtext.py to-nb .nbsrc/X.py [...]` writes `nbs/X.ipynb`.
 
-Cells are separated by `# %%` (code) or `# %% [markdown]` lines; markdown is kept verbatim.
+Cells are separated by `# %%` (code) or `# %% [markdown]` lines; markdown lines are commented
+with `# ` (as jupytext's percent format does), so the text file is valid Python.
 Cell ids are derived from the cell source, so unchanged cells keep their ids."""
 import hashlib, json, sys
 from pathlib import Path
@@ -16,9 +17,11 @@ def to_text(nb_path):
     out = []
     for c in nb['cells']:
         out.append('# %% [markdown]' if c['cell_type'] == 'markdown' else '# %%')
-        out.append(''.join(c['source']).rstrip('\n'))
+        src = ''.join(c['source']).rstrip('\n')
+        if c['cell_type'] == 'markdown': src = '\n'.join(f'# {ln}'.rstrip() for ln in src.splitlines())
+        out.append(src)
         out.append('')
-    dest = SRC/Path(nb_path).relative_to(NBS).with_suffix('.py')
+    dest = SRC/Path(nb_path).resolve().relative_to(NBS).with_suffix('.py')
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text('\n'.join(out))
     return dest
@@ -34,6 +37,7 @@ def to_nb(src_path):
     if cur is not None: cells.append((kind, cur))
     seen, nb_cells = set(), []
     for kind, lines in cells:
+        if kind == 'markdown': lines = [ln[2:] if ln.startswith('# ') else ln.lstrip('#') for ln in lines]
         src = '\n'.join(lines).strip('\n')
         h = hashlib.sha1(src.encode()).hexdigest()
         i = 0
@@ -47,7 +51,7 @@ def to_nb(src_path):
     nb = {'cells': nb_cells, 'metadata': _KERNEL, 'nbformat': 4, 'nbformat_minor': 5}
     dest = NBS/Path(src_path).resolve().relative_to(SRC).with_suffix('.ipynb')
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + '\n')
     return dest
 
 
