@@ -17,7 +17,7 @@ from .images import class_folders, list_image_files
 # %% auto #0
 __all__ = ['set_template_value', 'drop_section', 'inspect_dataset', 'machine_info', 'suggest_values', 'init_config']
 
-# %% ../nbs/04_autoconfig.ipynb #fbcf8c8a
+# %% ../nbs/04_autoconfig.ipynb #b8fc3463
 _LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')
 
 def _dump(v) -> str:
@@ -54,7 +54,8 @@ def set_template_value(text:str, key:str, value) -> str:
     raise ConfigError(f"template has no key '{key}'")
 
 def drop_section(text:str, section:str) -> str:
-    "Remove top-level `section` (its line, the lines indented below it, and comments just above it)."
+    ("Remove top-level `section` "
+     "(its line, the lines indented below it, and comments just above it).")
     out, skipping = [], False
     for line in text.splitlines():
         if re.match(rf'^{re.escape(section)}:', line): skipping = True; continue
@@ -64,11 +65,12 @@ def drop_section(text:str, section:str) -> str:
     while out and not out[-1].strip(): out.pop()
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/04_autoconfig.ipynb #8bad737b
+# %% ../nbs/04_autoconfig.ipynb #74b4693b
 def inspect_dataset(data_dir, # data/NAME (holding raw/)
                     max_headers:int=500, # image headers read to estimate the typical size
                    ) -> dict:
-    "Classes, image counts, typical size (median width and height) and imbalance of a dataset; no decoding."
+    ("Classes, image counts, typical size (median width and height) and imbalance of a dataset; "
+     "no decoding.")
     raw = Path(data_dir)/'raw'
     classes = class_folders(raw)
     files = list_image_files(raw)
@@ -93,7 +95,7 @@ def machine_info() -> dict:
     import torch
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1)
 
-# %% ../nbs/04_autoconfig.ipynb #8e55be70
+# %% ../nbs/04_autoconfig.ipynb #0541f816
 def suggest_values(info:dict, machine:dict) -> dict:
     "Dotted config keys and values that suit dataset `info` on `machine`."
     gpu, short = machine['cuda'], min(info['median_size'])
@@ -103,16 +105,19 @@ def suggest_values(info:dict, machine:dict) -> dict:
          'training.device': 'cuda' if gpu else 'cpu', 'training.num_epochs': 30,
          'training.batch_size': 64 if gpu or small else 32,
          'training.trainer_type': 'mixed_precision' if gpu else 'standard',
-         'optimizer.lr': 0.05, 'optimizer.weight_decay': 0.0005, 'training.early_stopping_patience': 10}
+         'optimizer.lr': 0.05, 'optimizer.weight_decay': 0.0005,
+         'training.early_stopping_patience': 10}
     if small:
         v['data.resize_size'] = size
         v['augmentation.random_resized_crop'] = False
         v['augmentation.horizontal_flip'] = 0.0
-    if small and not gpu: v.update({'model.type': 'custom', 'model.custom_architecture': 'simple_cnn'})
-    if info['imbalance'] > 3: v.update({'loss.class_weights': 'balanced', 'training.monitor': 'balanced_acc'})
+    if small and not gpu:
+        v.update({'model.type': 'custom', 'model.custom_architecture': 'simple_cnn'})
+    if info['imbalance'] > 3:
+        v.update({'loss.class_weights': 'balanced', 'training.monitor': 'balanced_acc'})
     return v
 
-# %% ../nbs/04_autoconfig.ipynb #651e6f87
+# %% ../nbs/04_autoconfig.ipynb #d787a3ff
 def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
                 optuna:bool=False, # add a search: section for ml-search
                 out_dir='configs', # where to write NAME_config.yaml
@@ -127,7 +132,8 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
         raise ConfigError(f'{out} already exists; pass --force to overwrite it, or edit it')
     info = inspect_dataset(data_dir)
     machine = machine or machine_info()
-    values = {'data.data_dir': data_dir.as_posix(), 'data.dataset_name': name, **suggest_values(info, machine)}
+    values = {'data.data_dir': data_dir.as_posix(), 'data.dataset_name': name,
+              **suggest_values(info, machine)}
     if optuna:
         values.update({'search.study_name': f'{name}_search',
                        'search.storage': f'sqlite:///runs/optuna_studies/{name}.db',
@@ -138,10 +144,12 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     if not optuna: text = drop_section(text, 'search')
     w, h = info['median_size']
     head = (f"# imgcls config for '{name}', written by ml-init-config on {datetime.date.today()}.\n"
-            f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, typical size {w}x{h}, "
-            f"largest/smallest class {info['imbalance']}.\n"
-            f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, {machine['cpus']} CPU cores.\n"
-            f"# Every key is documented in the template ({TEMPLATE_PATH.name}); run `ml-split` before training.\n\n")
+            f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, "
+            f"typical size {w}x{h}, largest/smallest class {info['imbalance']}.\n"
+            f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, "
+            f"{machine['cpus']} CPU cores.\n"
+            f"# Every key is documented in the template ({TEMPLATE_PATH.name}); "
+            "run `ml-split` before training.\n\n")
     text = head + text
     atomic_write(out, text)
     load_config(out)

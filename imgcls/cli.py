@@ -14,13 +14,14 @@ from fastcore.docments import docments
 __all__ = ['cli_parser', 'parse_cli', 'run_cli', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
            'ml_init_config']
 
-# %% ../nbs/90_cli.ipynb #a027afae
+# %% ../nbs/90_cli.ipynb #f1a1bd0c
 def _names(k:str) -> list[str]:
     "Both spellings of flag `k`."
     return list(dict.fromkeys([f'--{k}', f"--{k.replace('_', '-')}"]))
 
 def cli_parser(func, prog:str|None=None, pos:tuple=()) -> argparse.ArgumentParser:
-    "An `ArgumentParser` for `func`: positional params, flags (both spellings) and help from docments."
+    ("An `ArgumentParser` for `func`: "
+     "positional params, flags (both spellings) and help from docments.")
     docs = docments(func, full=True, returns=False, eval_str=True)
     p = argparse.ArgumentParser(prog=prog, description=inspect.getdoc(func),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -37,16 +38,17 @@ def cli_parser(func, prog:str|None=None, pos:tuple=()) -> argparse.ArgumentParse
         if k in pos:
             if default is not inspect.Parameter.empty: kw.update(nargs='?', default=default)
             p.add_argument(k, **kw)
-        elif default is inspect.Parameter.empty: p.add_argument(*_names(k), dest=k, required=True, **kw)
+        elif default is inspect.Parameter.empty:
+            p.add_argument(*_names(k), dest=k, required=True, **kw)
         else: p.add_argument(*_names(k), dest=k, default=default, **kw)
     if 'overrides' in docs:
         p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                       help='override any config key, e.g. --set training.num_epochs=5 (repeatable); '
-                            '--KEY VALUE works too')
+                       help='override any config key, e.g. --set training.num_epochs=5 '
+                            '(repeatable); --KEY VALUE works too')
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     return p
 
-# %% ../nbs/90_cli.ipynb #2c12b2a9
+# %% ../nbs/90_cli.ipynb #727e31dc
 def _extra_overrides(extra:list[str]) -> list[str]:
     "Turn leftover `--a.b VALUE` / `--a.b=VALUE` tokens into `a.b=VALUE` strings."
     out, i = [], 0
@@ -63,7 +65,8 @@ def _extra_overrides(extra:list[str]) -> list[str]:
         i += 1
     return out
 
-def parse_cli(func, argv:list[str]|None=None, prog:str|None=None, pos:tuple=()) -> tuple[dict, bool]:
+def parse_cli(func, argv:list[str]|None=None, prog:str|None=None,
+              pos:tuple=()) -> tuple[dict, bool]:
     "Parse `argv` for `func`: its keyword arguments, and whether `--debug` was given."
     p = cli_parser(func, prog, pos)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -75,7 +78,8 @@ def parse_cli(func, argv:list[str]|None=None, prog:str|None=None, pos:tuple=()) 
     return kw, kw.pop('debug')
 
 def run_cli(func, prog:str|None=None, argv:list[str]|None=None, pos:tuple=()) -> int:
-    "Run `func` as a command: the exit status (0 ok, 1 for a clear error, 130/143 when interrupted)."
+    ("Run `func` as a command: "
+     "the exit status (0 ok, 1 for a clear error, 130/143 when interrupted).")
     from imgcls.core import ImgclsError
     kw, debug = parse_cli(func, argv, prog, pos)
     try:
@@ -90,7 +94,7 @@ def run_cli(func, prog:str|None=None, argv:list[str]|None=None, pos:tuple=()) ->
         print('interrupted', file=sys.stderr)
         return 130
 
-# %% ../nbs/90_cli.ipynb #d84be404
+# %% ../nbs/90_cli.ipynb #67ef8833
 def sample_data(dest:str='data/digits', # dataset folder to create (images go to DEST/raw/<class>/)
                 size:int=32, # side of the written images in pixels
                ):
@@ -99,11 +103,12 @@ def sample_data(dest:str='data/digits', # dataset folder to create (images go to
     raw = make_sample_dataset(dest, size=size)
     n = sum(1 for _ in raw.rglob('*.png'))
     print(f'wrote {n} images in 10 classes to {raw}')
-    print(f'next: ml-init-config {Path(dest).as_posix()} && ml-split --raw_data {raw.as_posix()} --folds 5')
+    print(f'next: ml-init-config {Path(dest).as_posix()} && '
+          f'ml-split --raw_data {raw.as_posix()} --folds 5')
 
 def ml_sample_data(argv=None): return run_cli(sample_data, 'ml-sample-data', argv, pos=('dest',))
 
-# %% ../nbs/90_cli.ipynb #77cdec35
+# %% ../nbs/90_cli.ipynb #67390df9
 def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
           folds:int=5, # number of cross-validation folds (1: one train/val split)
           test_ratio:float=0.2, # share of each class kept for the shared test set
@@ -112,7 +117,8 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
           bad_images:str='skip', # skip: leave out and list files that do not decode; error: refuse
           force:bool=False, # replace existing splits made from other data or settings (kept aside)
          ):
-    "Write a stratified shared test set and K stratified train/val folds as index files in data/NAME/splits/."
+    ("Write a stratified shared test set and K stratified train/val folds "
+     "as index files in data/NAME/splits/.")
     from imgcls.core import setup_logging
     from imgcls.splits import make_splits
     setup_logging()
@@ -121,22 +127,27 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
     m = res.manifest
     if not res.written: return 0
     n_val = sum(1 for _ in open(res.splits_dir/'fold_0_val.txt'))
-    print(f"{res.splits_dir}: {m['n_images']} images in {len(m['classes'])} classes; test {m['counts']['test']}, "
-          f"{folds} fold(s) of train {m['n_images'] - m['counts']['test'] - n_val} / val {n_val} (seed {seed})")
-    if m['rejected']: print(f"{len(m['rejected'])} file(s) rejected (listed above and in {res.splits_dir/'manifest.json'})")
+    print(f"{res.splits_dir}: {m['n_images']} images in {len(m['classes'])} classes; "
+          f"test {m['counts']['test']}, {folds} fold(s) of train "
+          f"{m['n_images'] - m['counts']['test'] - n_val} / val {n_val} (seed {seed})")
+    if m['rejected']:
+        print(f"{len(m['rejected'])} file(s) rejected "
+              f"(listed above and in {res.splits_dir/'manifest.json'})")
     if m['duplicates']: print(f"{len(m['duplicates'])} group(s) of identical images (listed above)")
 
 def ml_split(argv=None): return run_cli(split, 'ml-split', argv)
 
-# %% ../nbs/90_cli.ipynb #33902ebd
+# %% ../nbs/90_cli.ipynb #f20b770b
 def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
                 optuna:bool=False, # add a search: section for ml-search
                 out_dir:str='configs', # folder for NAME_config.yaml
                 force:bool=False, # overwrite an existing config file
                ):
-    "Inspect a dataset and this machine and write configs/NAME_config.yaml with every key documented."
+    ("Inspect a dataset and this machine "
+     "and write configs/NAME_config.yaml with every key documented.")
     from imgcls.autoconfig import init_config as _init
     p = _init(data_dir, optuna=optuna, out_dir=out_dir, force=force)
     print(f'wrote {p}')
 
-def ml_init_config(argv=None): return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
+def ml_init_config(argv=None):
+    return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))

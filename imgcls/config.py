@@ -16,7 +16,7 @@ __all__ = ['TEMPLATE_PATH', 'FLAG_KEYS', 'parse_yaml', 'load_yaml', 'template_te
            'nearest_key', 'validate_config', 'parse_value', 'parse_overrides', 'load_config', 'save_config', 'run_name',
            'create_run_dir']
 
-# %% ../nbs/01_config.ipynb #9a1a38e6
+# %% ../nbs/01_config.ipynb #d13f4d86
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
@@ -32,7 +32,8 @@ class _Loader(yaml.SafeLoader):
         for k_node, _ in node.value:
             k = self.construct_object(k_node, deep=True)
             line = k_node.start_mark.line + 1
-            if k in seen: raise _DuplicateKey(f"duplicate key '{k}' at line {line} (first at line {seen[k]})")
+            if k in seen:
+                raise _DuplicateKey(f"duplicate key '{k}' at line {line} (first at line {seen[k]})")
             seen[k] = line
         return super().construct_mapping(node, deep)
 
@@ -65,7 +66,7 @@ def template_text() -> str:
     "The documented configuration template shipped with imgcls."
     return TEMPLATE_PATH.read_text(encoding='utf-8')
 
-# %% ../nbs/01_config.ipynb #c972845a
+# %% ../nbs/01_config.ipynb #cb6d1c58
 class Config(dict):
     "A nested `dict` with attribute access and dotted-key helpers."
     def __init__(self, *args, **kwargs):
@@ -90,17 +91,19 @@ class Config(dict):
         *parents, last = key.split('.')
         cur = self
         for part in parents: cur = cur.setdefault(part, Config())
-        cur[last] = Config(value) if isinstance(value, dict) and not isinstance(value, Config) else value
+        cur[last] = (Config(value) if isinstance(value, dict) and not isinstance(value, Config)
+                     else value)
 
     def to_dict(self) -> dict:
         "Plain nested dicts, safe for YAML, JSON and `torch.save`."
-        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v)
+                for k, v in self.items()}
 
 def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #ee611f0e
+# %% ../nbs/01_config.ipynb #34c8c12f
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -131,7 +134,8 @@ _RULES = {
     'training.gradient_accumulation_steps': dict(min=1),
     'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc']),
     'training.early_stopping_patience': dict(min=0),
-    'training.max_grad_norm': dict(type=float, gt=0, null=True), 'training.max_bad_steps': dict(min=0),
+    'training.max_grad_norm': dict(type=float, gt=0, null=True),
+    'training.max_bad_steps': dict(min=0),
     'training.channels_last': dict(choices=['auto', True, False]),
     'training.limit_train_batches': dict(type=int, min=1, null=True),
     'training.limit_val_batches': dict(type=int, min=1, null=True),
@@ -156,7 +160,7 @@ def valid_keys() -> list[str]:
     "Every dotted key a config file may set."
     return list(_flatten(default_config()))
 
-# %% ../nbs/01_config.ipynb #eaa8ba2f
+# %% ../nbs/01_config.ipynb #abf949f7
 def nearest_key(key:str, keys:list[str]|None=None) -> str|None:
     "The valid key a user most likely meant by `key`."
     keys = valid_keys() if keys is None else keys
@@ -170,10 +174,11 @@ def nearest_key(key:str, keys:list[str]|None=None) -> str|None:
 
 def _unknown(key, source, keys):
     near = nearest_key(key, keys)
-    hint = f"; did you mean '{near}'?" if near else '; see the template (ml-init-config) for valid keys'
+    hint = (f"; did you mean '{near}'?" if near
+            else '; see the template (ml-init-config) for valid keys')
     return ConfigError(f"{source}: unknown key '{key}'{hint}")
 
-# %% ../nbs/01_config.ipynb #c02e17f7
+# %% ../nbs/01_config.ipynb #503bf930
 def _type_name(t):
     return {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string',
             list: 'a list', dict: 'a mapping'}.get(t, str(t))
@@ -192,20 +197,23 @@ def _check_value(key, v, default, source):
     "Raise a `ConfigError` unless `v` is a valid value for `key`."
     r = _RULES.get(key, {})
     def bad(what):
-        hint = ' (write numbers without quotes)' if isinstance(v, str) and _FLOAT_RE.match(v.strip()) or \
-            (isinstance(v, str) and v.strip().lstrip('-').isdigit()) else ''
+        hint = ' (write numbers without quotes)' if (
+            isinstance(v, str) and _FLOAT_RE.match(v.strip())
+            or (isinstance(v, str) and v.strip().lstrip('-').isdigit())) else ''
         return ConfigError(f'{source}: {key} must be {what}, got {_got(v)}{hint}')
     if v is None:
         if r.get('null') or key in _FREE: return
         raise bad('set (null is not allowed here)')
     if 'choices' in r:
         if not any(v == c and type(v) is type(c) for c in r['choices']):
-            raise bad('one of ' + ', '.join(str(c).lower() if isinstance(c, bool) else c for c in r['choices']))
+            raise bad('one of ' + ', '.join(str(c).lower() if isinstance(c, bool) else c
+                                            for c in r['choices']))
         return
     t = r.get('type', type(default) if default is not None else None)
     if key in _FREE: t = dict
     ts = t if isinstance(t, tuple) else (t,)
-    if t is not None and not any(_is(v, x) for x in ts): raise bad(' or '.join(_type_name(x) for x in ts))
+    if t is not None and not any(_is(v, x) for x in ts):
+        raise bad(' or '.join(_type_name(x) for x in ts))
     if isinstance(v, str) and 'choices_str' in r and v not in r['choices_str']:
         raise bad('one of ' + ', '.join(r['choices_str']) + ' or a list')
     if isinstance(v, list):
@@ -233,7 +241,7 @@ def validate_config(cfg:dict, # the merged configuration
         if not isinstance(t, str): raise ConfigError(f'{source}: search.{sec}.type must be set')
     return cfg
 
-# %% ../nbs/01_config.ipynb #0fe28dd5
+# %% ../nbs/01_config.ipynb #d3fb20c4
 FLAG_KEYS = {'batch_size': 'training.batch_size', 'lr': 'optimizer.lr',
              'num_epochs': 'training.num_epochs', 'fold': 'data.fold',
              'num_workers': 'data.num_workers', 'device': 'training.device', 'seed': 'seed'}
@@ -269,7 +277,8 @@ def load_config(path=None, # YAML file; None: the template's defaults
     if path is not None:
         user = load_yaml(path)
         if user is None: user = {}
-        if not isinstance(user, dict): raise ConfigError(f'{path}: must be a mapping of keys to values')
+        if not isinstance(user, dict):
+            raise ConfigError(f'{path}: must be a mapping of keys to values')
         _merge(cfg, user)
     keys = list(_flatten(default_config()))
     for k, v in (overrides or {}).items():
@@ -278,8 +287,10 @@ def load_config(path=None, # YAML file; None: the template's defaults
         cfg.set_path(k, parse_value(v))
     cfg = Config(cfg)
     validate_config(cfg, source)
-    if not cfg.data.dataset_name: cfg.data['dataset_name'] = Path(cfg.data.data_dir).name or 'dataset'
-    if cfg.data.resize_size is None: cfg.data['resize_size'] = max(cfg.data.image_size, round(cfg.data.image_size * 8 / 7))
+    if not cfg.data.dataset_name:
+        cfg.data['dataset_name'] = Path(cfg.data.data_dir).name or 'dataset'
+    if cfg.data.resize_size is None:
+        cfg.data['resize_size'] = max(cfg.data.image_size, round(cfg.data.image_size * 8 / 7))
     return cfg
 
 def save_config(cfg:dict, path):
@@ -287,8 +298,9 @@ def save_config(cfg:dict, path):
     data = cfg.to_dict() if isinstance(cfg, Config) else cfg
     return atomic_write(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
-# %% ../nbs/01_config.ipynb #a7f8f2be
-_SHORT = {'training.batch_size': 'batch', 'training.num_epochs': 'epochs', 'data.num_workers': 'workers'}
+# %% ../nbs/01_config.ipynb #9e2af9a4
+_SHORT = {'training.batch_size': 'batch', 'training.num_epochs': 'epochs',
+          'data.num_workers': 'workers'}
 
 def _fmt(v) -> str:
     s = repr(v) if isinstance(v, float) else str(v)

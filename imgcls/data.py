@@ -48,9 +48,10 @@ def eval_transform(cfg:Config) -> v2.Compose:
     return v2.Compose([v2.CenterCrop(cfg.data.image_size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(a.mean, a.std)])
 
-# %% ../nbs/05_data.ipynb #af75d2f5
+# %% ../nbs/05_data.ipynb #f6c0cc45
 class IndexedImageDataset(Dataset):
-    "Images listed in a split's index file, with labels from one class mapping; optionally cached in memory."
+    ("Images listed in a split's index file, with labels from one class mapping; "
+     "optionally cached in memory.")
     def __init__(self, items:list, # (path relative to data_dir, class index) pairs
                  data_dir, # the dataset folder
                  classes:list, # class names, index = label
@@ -84,9 +85,10 @@ class IndexedImageDataset(Dataset):
                 self.cache = list(ex.map(self.load, range(len(self))))
         return self
 
-    def nbytes(self) -> int: return sum(t.numel() for t in self.cache) if self.cache is not None else 0
+    def nbytes(self) -> int:
+        return sum(t.numel() for t in self.cache) if self.cache is not None else 0
 
-# %% ../nbs/05_data.ipynb #c6d6735b
+# %% ../nbs/05_data.ipynb #96724a75
 def _use_cache(cfg:Config, n:int) -> bool:
     mode = cfg.data.cache
     if mode in ('none', 'memory'): return mode == 'memory'
@@ -97,23 +99,26 @@ def get_datasets(cfg:Config, # the resolved configuration
                  splits=('train', 'val', 'test'), # which splits to build
                  preload:bool|None=None, # cache images in memory (None: as data.cache says)
                 ) -> dict:
-    "The checked datasets of `cfg.data.fold`; train gets augmentations, val and test the eval transform."
+    ("The checked datasets of `cfg.data.fold`; "
+     "train gets augmentations, val and test the eval transform.")
     data_dir, fold = Path(cfg.data.data_dir), cfg.data.fold
     m = check_splits(data_dir, fold)
     classes = m['classes']
     out = {}
     for s in splits:
         name = 'test.txt' if s == 'test' else f'fold_{fold}_{s}.txt'
-        items = [(r, classes.index(c)) for r, c in read_index(data_dir/SPLITS/name, data_dir, classes)]
+        items = [(r, classes.index(c))
+                 for r, c in read_index(data_dir/SPLITS/name, data_dir, classes)]
         tf = train_transform(cfg) if s == 'train' else eval_transform(cfg)
         out[s] = IndexedImageDataset(items, data_dir, classes, tf, cfg.data.resize_size)
     total = sum(len(d) for d in out.values())
     if preload if preload is not None else _use_cache(cfg, total):
         for d in out.values(): d.preload()
-        logger.info(f'cached {total} decoded images in memory ({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
+        logger.info(f'cached {total} decoded images in memory '
+                    f'({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
     return out
 
-# %% ../nbs/05_data.ipynb #6eac842e
+# %% ../nbs/05_data.ipynb #8085fac4
 class EpochSampler(Sampler):
     "Random permutation of `n` items, seeded by `seed + epoch`: reproducible across a resume."
     def __init__(self, n:int, seed:int=0):
@@ -124,26 +129,29 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
-def _pin(cfg): 
+def _pin(cfg):
     pm = cfg.data.pin_memory
-    return torch.cuda.is_available() and str(cfg.training.device).startswith('cuda') if pm == 'auto' else bool(pm)
+    return (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
+            if pm == 'auto' else bool(pm))
 
 def get_dataloaders(cfg:Config, # the resolved configuration
                     datasets:dict|None=None, # from `get_datasets` (built if None)
                     batch_size:int|None=None, # default: training.batch_size
                    ) -> dict:
-    "DataLoaders for the datasets; train shuffles (seeded by epoch) and drops a last batch of one image."
+    ("DataLoaders for the datasets; "
+     "train shuffles (seeded by epoch) and drops a last batch of one image.")
     datasets = datasets if datasets is not None else get_datasets(cfg)
     bs, nw = batch_size or cfg.training.batch_size, cfg.data.num_workers
     kw = dict(num_workers=nw, pin_memory=_pin(cfg), persistent_workers=nw > 0)
     out = {}
     for s, ds in datasets.items():
         if s == 'train':
-            out[s] = DataLoader(ds, bs, sampler=EpochSampler(len(ds), cfg.seed), drop_last=len(ds) % bs == 1, **kw)
+            out[s] = DataLoader(ds, bs, sampler=EpochSampler(len(ds), cfg.seed),
+                                drop_last=len(ds) % bs == 1, **kw)
         else: out[s] = DataLoader(ds, bs, shuffle=False, **kw)
     return out
 
-# %% ../nbs/05_data.ipynb #362e3296
+# %% ../nbs/05_data.ipynb #2a703859
 def denormalize(x:torch.Tensor, mean, std) -> torch.Tensor:
     "Undo `Normalize`: back to 0..1 for display."
     m = torch.tensor(mean).view(-1, 1, 1); s = torch.tensor(std).view(-1, 1, 1)
@@ -160,7 +168,8 @@ def show_batch(ds:IndexedImageDataset, # a dataset (augmented if it is the train
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n].tolist()
     nrows = math.ceil(len(idx) / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * 1.3, nrows * 1.5), squeeze=False)
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * 1.3, nrows * 1.5),
+                            squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, i in zip(axs.flat, idx):
         x, y = ds[i]

@@ -15,7 +15,7 @@ from .images import file_list_hash, scan_images
 # %% auto #0
 __all__ = ['SPLITS', 'MANIFEST', 'split_files', 'SplitResult', 'make_splits', 'read_index', 'check_splits', 'load_split']
 
-# %% ../nbs/03_splits.ipynb #3b4104e3
+# %% ../nbs/03_splits.ipynb #7cb5643f
 SPLITS = 'splits'
 MANIFEST = 'manifest.json'
 
@@ -30,8 +30,9 @@ def _check_class_sizes(counts:dict, folds:int, raw_dir):
     small = {c: n for c, n in counts.items() if n < need}
     if small:
         lst = ', '.join(f"'{c}' ({n})" for c, n in small.items())
-        raise DataError(f'{raw_dir}: too few images for {folds} fold(s) plus a test set: class {lst}; '
-                        f'each class needs at least {need} (use fewer --folds or add images)')
+        raise DataError(f'{raw_dir}: too few images for {folds} fold(s) plus a test set: '
+                        f'class {lst}; each class needs at least {need} '
+                        '(use fewer --folds or add images)')
 
 def _duplicates(scan, assign:dict) -> list[dict]:
     "Groups of identical files (same content hash), with the classes and splits they span."
@@ -45,45 +46,53 @@ def _duplicates(scan, assign:dict) -> list[dict]:
         out.append(dict(sha1=h, paths=[r for r, _ in members], classes=classes, splits=splits))
     return out
 
-# %% ../nbs/03_splits.ipynb #1ca546ee
+# %% ../nbs/03_splits.ipynb #a3e845e8
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
         self.splits_dir, self.manifest, self.written = Path(splits_dir), manifest, written
     def __repr__(self):
         m = self.manifest
-        return (f"SplitResult({self.splits_dir}: {m['n_images']} images, {len(m['classes'])} classes, "
-                f"{m['folds']} folds, test {m['counts']['test']}, rejected {len(m['rejected'])})")
+        return (f"SplitResult({self.splits_dir}: {m['n_images']} images, "
+                f"{len(m['classes'])} classes, {m['folds']} folds, test {m['counts']['test']}, "
+                f"rejected {len(m['rejected'])})")
 
-def make_splits(raw_dir, # data/NAME/raw, one sub-folder per class
-                folds:int=5, # number of cross-validation folds (1: a single train/val split)
-                test_ratio:float=0.2, # share of each class kept for the shared test set
-                val_ratio:float=0.2, # share of the rest used for validation when folds is 1
-                seed:int=42, # random seed: the same seed and data give the same files
-                bad_images:str='skip', # skip: leave out files that do not decode (listed); error: refuse
-                force:bool=False, # replace existing, different splits (the old ones are kept aside)
-               ) -> SplitResult:
+def make_splits(
+    raw_dir, # data/NAME/raw, one sub-folder per class
+    folds:int=5, # number of cross-validation folds (1: a single train/val split)
+    test_ratio:float=0.2, # share of each class kept for the shared test set
+    val_ratio:float=0.2, # share of the rest used for validation when folds is 1
+    seed:int=42, # random seed: the same seed and data give the same files
+    bad_images:str='skip', # skip: leave out files that do not decode (listed); error: refuse
+    force:bool=False, # replace existing, different splits (the old ones are kept aside)
+) -> SplitResult:
     "Scan `raw_dir`, then write a stratified test set and `folds` stratified train/val folds."
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
     raw_dir = Path(raw_dir)
     if folds < 1: raise DataError(f'--folds must be at least 1, got {folds}')
-    if not 0 < test_ratio < 1: raise DataError(f'--test_ratio must be between 0 and 1, got {test_ratio}')
-    if not 0 < val_ratio < 1: raise DataError(f'--val_ratio must be between 0 and 1, got {val_ratio}')
-    if bad_images not in ('skip', 'error'): raise DataError(f"bad_images must be skip or error, got '{bad_images}'")
+    if not 0 < test_ratio < 1:
+        raise DataError(f'--test_ratio must be between 0 and 1, got {test_ratio}')
+    if not 0 < val_ratio < 1:
+        raise DataError(f'--val_ratio must be between 0 and 1, got {val_ratio}')
+    if bad_images not in ('skip', 'error'):
+        raise DataError(f"bad_images must be skip or error, got '{bad_images}'")
     data_dir, out = raw_dir.parent, raw_dir.parent/SPLITS
     raw_hash = file_list_hash(raw_dir)
-    settings = dict(folds=folds, test_ratio=test_ratio, val_ratio=val_ratio if folds == 1 else None, seed=seed)
+    settings = dict(folds=folds, test_ratio=test_ratio, val_ratio=val_ratio if folds == 1 else None,
+                    seed=seed)
     old = _read_manifest(out) if out.exists() else None
-    if old is not None and old.get('raw_hash') == raw_hash and all(old.get(k) == v for k, v in settings.items()):
+    if (old is not None and old.get('raw_hash') == raw_hash
+            and all(old.get(k) == v for k, v in settings.items())):
         logger.info(f'{out}: splits are up to date ({folds} folds, seed {seed})')
         return SplitResult(out, old, written=False)
     if out.exists() and not force:
-        raise DataError(f'{out} already exists with other data or settings; pass --force to replace it '
-                        '(the old splits are kept beside it)')
+        raise DataError(f'{out} already exists with other data or settings; '
+                        'pass --force to replace it (the old splits are kept beside it)')
     scan = scan_images(raw_dir)
     if scan.rejected:
         lst = '; '.join(f'{p}: {r}' for p, r in scan.rejected)
-        if bad_images == 'error': raise DataError(f'{len(scan.rejected)} unusable image file(s): {lst}')
+        if bad_images == 'error':
+            raise DataError(f'{len(scan.rejected)} unusable image file(s): {lst}')
         for p, r in scan.rejected: logger.warning(f'skipped {p}: {r}')
     counts = scan.counts()
     _check_class_sizes(counts, folds, raw_dir)
@@ -91,7 +100,8 @@ def make_splits(raw_dir, # data/NAME/raw, one sub-folder per class
     y = [c for _, c in scan.items]
     sss = StratifiedShuffleSplit(n_splits=1, test_size=test_ratio, random_state=seed)
     try: rest_idx, test_idx = next(sss.split(paths, y))
-    except ValueError as e: raise DataError(f'{raw_dir}: cannot draw a stratified test set ({e})') from None
+    except ValueError as e:
+        raise DataError(f'{raw_dir}: cannot draw a stratified test set ({e})') from None
     rest_y = [y[i] for i in rest_idx]
     _check_class_sizes(Counter(scan.classes[c] for c in rest_y), folds, raw_dir)
     if folds == 1:
@@ -107,14 +117,18 @@ def make_splits(raw_dir, # data/NAME/raw, one sub-folder per class
     for p in files['fold_0_val.txt']: assign[p] = 'train/val'
     dups = _duplicates(scan, assign)
     manifest = dict(
-        version=1, created=datetime.datetime.now().isoformat(timespec='seconds'), raw_dir=raw_dir.name,
-        raw_hash=raw_hash, **settings, classes=scan.classes, n_images=len(paths),
+        version=1, created=datetime.datetime.now().isoformat(timespec='seconds'),
+        raw_dir=raw_dir.name, raw_hash=raw_hash, **settings, classes=scan.classes,
+        n_images=len(paths),
         counts=dict(total=counts, test=len(files['test.txt'])),
         files={n: _sha256(t) for n, t in texts.items()},
         rejected=[dict(path=p, reason=r) for p, r in scan.rejected], duplicates=dups)
     for g in dups:
-        if len(g['classes']) > 1: logger.warning(f"identical images in different classes {g['classes']}: {', '.join(g['paths'])}")
-        elif len(g['splits']) > 1: logger.warning(f"identical images across test and train/val: {', '.join(g['paths'])}")
+        if len(g['classes']) > 1:
+            logger.warning(f"identical images in different classes {g['classes']}: "
+                           f"{', '.join(g['paths'])}")
+        elif len(g['splits']) > 1:
+            logger.warning(f"identical images across test and train/val: {', '.join(g['paths'])}")
     tmp = Path(tempfile.mkdtemp(prefix='.splits.tmp-', dir=data_dir))
     try:
         for n, t in texts.items(): atomic_write(tmp/n, t)
@@ -128,11 +142,12 @@ def make_splits(raw_dir, # data/NAME/raw, one sub-folder per class
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return SplitResult(out, manifest, written=True)
 
-# %% ../nbs/03_splits.ipynb #d686d04e
-def read_index(path, # an index file
-               data_dir=None, # the dataset folder the lines are relative to (default: path's grandparent)
-               classes:list|None=None, # known class names; a line naming another class is an error
-              ) -> list[tuple[str, str]]:
+# %% ../nbs/03_splits.ipynb #846214e1
+def read_index(
+    path, # an index file
+    data_dir=None, # the dataset folder the lines are relative to (default: path's grandparent)
+    classes:list|None=None, # known class names; a line naming another class is an error
+) -> list[tuple[str, str]]:
     "Validated `(relative path, class name)` pairs of an index file."
     path = Path(path)
     data_dir = Path(data_dir) if data_dir is not None else path.parent.parent
@@ -154,7 +169,8 @@ def read_index(path, # an index file
         seen[rel] = i
         if classes is not None and pp.parts[1] not in classes:
             raise DataError(f"{where}: class '{pp.parts[1]}' is not one of the dataset's classes")
-        if not (data_dir/rel).is_file(): raise DataError(f"{where}: '{rel}' does not exist in {data_dir}")
+        if not (data_dir/rel).is_file():
+            raise DataError(f"{where}: '{rel}' does not exist in {data_dir}")
         out.append((rel, pp.parts[1]))
     return out
 
@@ -163,7 +179,7 @@ def _read_manifest(splits_dir):
     try: return json.loads(p.read_text())
     except (OSError, ValueError): return None
 
-# %% ../nbs/03_splits.ipynb #c71f00bb
+# %% ../nbs/03_splits.ipynb #465e82cf
 def check_splits(data_dir, # data/NAME
                  fold:int|None=None, # the fold about to be used (checked to exist)
                 ) -> dict:
@@ -173,22 +189,30 @@ def check_splits(data_dir, # data/NAME
     how = f'ml-split --raw_data {data_dir/"raw"} --folds K'
     if not sd.is_dir(): raise DataError(f'{sd}: no splits yet; make them with `{how}`')
     m = _read_manifest(sd)
-    if m is None: raise DataError(f'{sd/MANIFEST}: missing or unreadable; re-make the splits with `{how} --force`')
+    if m is None:
+        raise DataError(f'{sd/MANIFEST}: missing or unreadable; '
+                        f're-make the splits with `{how} --force`')
     k = m['folds']
     if fold is not None and not (isinstance(fold, int) and 0 <= fold < k):
-        raise DataError(f'fold {fold} does not exist; {sd} has folds {", ".join(map(str, range(k)))}')
+        raise DataError(f'fold {fold} does not exist; '
+                        f'{sd} has folds {", ".join(map(str, range(k)))}')
     if file_list_hash(data_dir/'raw') != m['raw_hash']:
-        raise DataError(f"{sd} was made from another version of {data_dir/'raw'} (files were added, removed "
-                        f"or changed); re-split with `ml-split --raw_data {data_dir/'raw'} --folds {k} --force`")
+        raise DataError(f"{sd} was made from another version of {data_dir/'raw'} "
+                        "(files were added, removed or changed); "
+                        f"re-split with `ml-split --raw_data {data_dir/'raw'} --folds {k} --force`")
     test = {r for r, _ in read_index(sd/'test.txt', data_dir, m['classes'])}
     rest = None
     for f in range(k):
         tr = {r for r, _ in read_index(sd/f'fold_{f}_train.txt', data_dir, m['classes'])}
         va = {r for r, _ in read_index(sd/f'fold_{f}_val.txt', data_dir, m['classes'])}
-        for a, b, name in ((tr, va, 'train and val'), (tr, test, 'train and test'), (va, test, 'val and test')):
-            if a & b: raise DataError(f"{sd}: fold {f} {name} share {len(a & b)} image(s), e.g. '{min(a & b)}'")
+        for a, b, name in ((tr, va, 'train and val'), (tr, test, 'train and test'),
+                           (va, test, 'val and test')):
+            if a & b:
+                raise DataError(f"{sd}: fold {f} {name} share {len(a & b)} image(s), "
+                                f"e.g. '{min(a & b)}'")
         if rest is not None and tr | va != rest:
-            raise DataError(f'{sd}: fold {f} covers other images than fold 0, so the folds\' test sets differ; '
+            raise DataError(f'{sd}: fold {f} covers other images than fold 0, '
+                            'so the folds\' test sets differ; '
                             f're-split with `{how} --force`')
         rest = tr | va
     return m
@@ -197,8 +221,10 @@ def load_split(data_dir, # data/NAME
                split:str, # train | val | test
                fold:int=0, # fold for train and val
               ) -> tuple[list[tuple[str, int]], list[str]]:
-    "Checked `(relative path, class index)` items of one split, and the class names (the same for every split)."
-    if split not in ('train', 'val', 'test'): raise DataError(f"split must be train, val or test, got '{split}'")
+    ("Checked `(relative path, class index)` items of one split, "
+     "and the class names (the same for every split).")
+    if split not in ('train', 'val', 'test'):
+        raise DataError(f"split must be train, val or test, got '{split}'")
     m = check_splits(data_dir, fold)
     classes = m['classes']
     name = 'test.txt' if split == 'test' else f'fold_{fold}_{split}.txt'

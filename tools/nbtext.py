@@ -18,7 +18,8 @@ def to_text(nb_path):
     for c in nb['cells']:
         out.append('# %% [markdown]' if c['cell_type'] == 'markdown' else '# %%')
         src = ''.join(c['source']).rstrip('\n')
-        if c['cell_type'] == 'markdown': src = '\n'.join(f'# {ln}'.rstrip() for ln in src.splitlines())
+        if c['cell_type'] == 'markdown':
+            src = '\n'.join(f'# {ln}'.rstrip() for ln in src.splitlines())
         out.append(src)
         out.append('')
     dest = SRC/Path(nb_path).resolve().relative_to(NBS).with_suffix('.py')
@@ -37,7 +38,8 @@ def to_nb(src_path):
     if cur is not None: cells.append((kind, cur))
     seen, nb_cells = set(), []
     for kind, lines in cells:
-        if kind == 'markdown': lines = [ln[2:] if ln.startswith('# ') else ln.lstrip('#') for ln in lines]
+        if kind == 'markdown':
+            lines = [ln[2:] if ln.startswith('# ') else ln.lstrip('#') for ln in lines]
         src = '\n'.join(lines).strip('\n')
         h = hashlib.sha1(src.encode()).hexdigest()
         i = 0
