@@ -48,7 +48,7 @@ def cli_parser(func, prog:str|None=None, pos:tuple=()) -> argparse.ArgumentParse
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     return p
 
-# %% ../nbs/90_cli.ipynb #727e31dc
+# %% ../nbs/90_cli.ipynb #d45885f5
 def _extra_overrides(extra:list[str]) -> list[str]:
     "Turn leftover `--a.b VALUE` / `--a.b=VALUE` tokens into `a.b=VALUE` strings."
     out, i = [], 0
@@ -88,7 +88,7 @@ def run_cli(func, prog:str|None=None, argv:list[str]|None=None, pos:tuple=()) ->
     except ImgclsError as e:
         if debug: raise
         print(f'error: {e}', file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         if debug: raise
         print('interrupted', file=sys.stderr)

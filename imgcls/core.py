@@ -13,9 +13,10 @@ from pathlib import Path
 __all__ = ['logger', 'ImgclsError', 'ConfigError', 'DataError', 'CheckpointError', 'atomic_open', 'atomic_write', 'setup_logging',
            'close_log_file', 'seed_everything']
 
-# %% ../nbs/00_core.ipynb #d5850bc2
+# %% ../nbs/00_core.ipynb #b4d0987f
 class ImgclsError(Exception):
     "A problem with the user's input or environment: shown as one line, never as a traceback."
+    exit_code = 1  # what a console command exits with
 
 class ConfigError(ImgclsError):
     "A configuration file, key or value is wrong."
