@@ -111,7 +111,7 @@ def _bomb_png(path, side=100_000):
     Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr)
                            + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b''))
 
-# %% ../nbs/02_images.ipynb #7870c692
+# %% ../nbs/02_images.ipynb #947bc018
 @dataclass
 class Scan:
     "Result of `scan_images`: usable images, their classes, and the files rejected with reasons."
@@ -150,14 +150,20 @@ def scan_images(raw_dir, # data/NAME/raw
         checks = list(ex.map(check_image, files))
     scan = Scan(raw_dir, classes)
     base = raw_dir.parent
+    bad_in = {k: [] for k in classes}  # rejected files of each class
     for c in checks:
-        rel = c.path.relative_to(base).as_posix()
-        if not c.ok: scan.rejected.append((rel, c.reason)); continue
-        scan.items.append((rel, classes.index(c.path.relative_to(raw_dir).parts[0])))
+        rel, cls = c.path.relative_to(base).as_posix(), c.path.relative_to(raw_dir).parts[0]
+        if not c.ok:
+            scan.rejected.append((rel, c.reason)); bad_in[cls].append(f'{rel}: {c.reason}')
+            continue
+        scan.items.append((rel, classes.index(cls)))
         scan.sha1.append(c.sha1); scan.sizes.append(c.size)
     empty = [k for k, n in scan.counts().items() if n == 0]
     if empty:
-        raise DataError(f"{raw_dir}: class folder(s) with no usable image: {', '.join(empty)}")
+        bad = [b for k in empty for b in bad_in[k]]
+        why = f" (every image file rejected: {'; '.join(bad)})" if bad else ''
+        raise DataError(f"{raw_dir}: class folder(s) with no usable image: {', '.join(empty)}"
+                        f'{why}')
     return scan
 
 # %% ../nbs/02_images.ipynb #b7407446

@@ -15,7 +15,7 @@ from .images import file_list_hash, scan_images
 # %% auto #0
 __all__ = ['SPLITS', 'MANIFEST', 'split_files', 'SplitResult', 'make_splits', 'read_index', 'check_splits', 'load_split']
 
-# %% ../nbs/03_splits.ipynb #7cb5643f
+# %% ../nbs/03_splits.ipynb #58569e32
 SPLITS = 'splits'
 MANIFEST = 'manifest.json'
 
@@ -24,6 +24,11 @@ def split_files(folds:int) -> list[str]:
     return ['test.txt'] + [f'fold_{k}_{s}.txt' for k in range(folds) for s in ('train', 'val')]
 
 def _sha256(text:str) -> str: return hashlib.sha256(text.encode()).hexdigest()
+
+def _unusable(rejected:list) -> DataError:
+    "The error for `bad_images='error'`: every rejected file with its reason."
+    lst = '; '.join(f'{p}: {r}' for p, r in rejected)
+    return DataError(f'{len(rejected)} unusable image file(s): {lst}')
 
 def _check_class_sizes(counts:dict, folds:int, raw_dir):
     need = folds + 1 if folds > 1 else 3
@@ -34,19 +39,63 @@ def _check_class_sizes(counts:dict, folds:int, raw_dir):
                         f'class {lst}; each class needs at least {need} '
                         '(use fewer --folds or add images)')
 
-def _duplicates(scan, assign:dict) -> list[dict]:
-    "Groups of identical files (same content hash), with the classes and splits they span."
+def _duplicates(scan, roles:dict) -> list[dict]:
+    ("Groups of identical files (same content hash), with the classes and splits they span. "
+     "`roles[path][k]` is the split (test, train or val) of `path` in fold `k`; "
+     "`leak_folds` lists the folds in which copies are in different splits.")
     groups = defaultdict(list)
     for (rel, y), h in zip(scan.items, scan.sha1): groups[h].append((rel, scan.classes[y]))
     out = []
     for h, members in groups.items():
         if len(members) < 2: continue
-        classes = sorted({c for _, c in members})
-        splits = sorted({assign[r] for r, _ in members})
-        out.append(dict(sha1=h, paths=[r for r, _ in members], classes=classes, splits=splits))
+        paths = [r for r, _ in members]
+        folds = range(len(roles[paths[0]]))
+        out.append(dict(sha1=h, paths=paths, classes=sorted({c for _, c in members}),
+                        splits=sorted({s for r in paths for s in roles[r]}),
+                        leak_folds=[k for k in folds if len({roles[r][k] for r in paths}) > 1]))
     return out
 
-# %% ../nbs/03_splits.ipynb #a3e845e8
+def _describe_duplicates(g:dict) -> str:
+    "One line naming a duplicate group's paths and what it spans (classes; test/train/val)."
+    cls = (f"in different classes {g['classes']}" if len(g['classes']) > 1
+           else f"in class '{g['classes'][0]}'")
+    if 'test' in g['splits'] and len(g['splits']) > 1: where = 'across test and train/val'
+    elif g['leak_folds']:
+        where = f"across train and val in fold(s) {', '.join(map(str, g['leak_folds']))}"
+    elif g['splits'] == ['test']: where = 'all in test'
+    else: where = 'all in the same split (train or val) of every fold'
+    return f"identical images {cls}, {where}: {', '.join(g['paths'])}"
+
+# %% ../nbs/03_splits.ipynb #6c96a251
+def _check_raw_dir(raw_dir) -> Path:
+    "`raw_dir` as a `Path`; a `DataError` if it is an existing folder not named `raw`."
+    raw_dir = Path(raw_dir)
+    if raw_dir.name != 'raw' and Path(os.path.abspath(raw_dir)).name == 'raw':
+        raw_dir = Path(os.path.abspath(raw_dir))  # `.` or `raw/../raw`: name the folder
+    if raw_dir.name == 'raw' or not raw_dir.is_dir(): return raw_dir
+    if (raw_dir/'raw').is_dir():
+        raise DataError(f"{raw_dir} is a dataset folder, not its raw/ folder; "
+                        f"did you mean {raw_dir/'raw'}?")
+    raise DataError(f'{raw_dir}: the images folder must be named raw '
+                    '(the layout is data/NAME/raw/<class>/<image>; splits go in data/NAME/splits)')
+
+# %% ../nbs/03_splits.ipynb #63580226
+def _move_aside(out:Path) -> Path:
+    "Rename folder `out` to a new `out.old-<stamp>[-<n>]` beside it; return the new name."
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    for n in range(10_000):
+        kept = out.with_name(f'{out.name}.old-{stamp}' + (f'-{n}' if n else ''))
+        if kept.exists() or kept.is_symlink(): continue
+        try:
+            os.rename(out, kept)   # never replaces a non-empty folder; exists() covers empty ones
+            return kept
+        except OSError as e:
+            if kept.exists(): continue   # taken between the check and the rename
+            raise DataError(f'{out}: cannot move the old splits aside to {kept} ({e.strerror}); '
+                            'nothing was changed') from None
+    raise DataError(f'{out}: too many backups named {out.name}.old-{stamp}-*; remove some')
+
+# %% ../nbs/03_splits.ipynb #c8d4adce
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -68,7 +117,7 @@ def make_splits(
 ) -> SplitResult:
     "Scan `raw_dir`, then write a stratified test set and `folds` stratified train/val folds."
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
-    raw_dir = Path(raw_dir)
+    raw_dir = _check_raw_dir(raw_dir)
     if folds < 1: raise DataError(f'--folds must be at least 1, got {folds}')
     if not 0 < test_ratio < 1:
         raise DataError(f'--test_ratio must be between 0 and 1, got {test_ratio}')
@@ -83,6 +132,8 @@ def make_splits(
     old = _read_manifest(out) if out.exists() else None
     if (old is not None and old.get('raw_hash') == raw_hash
             and all(old.get(k) == v for k, v in settings.items())):
+        rejected = [(r['path'], r['reason']) for r in old.get('rejected') or []]
+        if rejected and bad_images == 'error': raise _unusable(rejected)
         logger.info(f'{out}: splits are up to date ({folds} folds, seed {seed})')
         return SplitResult(out, old, written=False)
     if out.exists() and not force:
@@ -90,9 +141,7 @@ def make_splits(
                         'pass --force to replace it (the old splits are kept beside it)')
     scan = scan_images(raw_dir)
     if scan.rejected:
-        lst = '; '.join(f'{p}: {r}' for p, r in scan.rejected)
-        if bad_images == 'error':
-            raise DataError(f'{len(scan.rejected)} unusable image file(s): {lst}')
+        if bad_images == 'error': raise _unusable(scan.rejected)
         for p, r in scan.rejected: logger.warning(f'skipped {p}: {r}')
     counts = scan.counts()
     _check_class_sizes(counts, folds, raw_dir)
@@ -112,10 +161,11 @@ def make_splits(
         files[f'fold_{k}_train.txt'] = sorted(paths[rest_idx[i]] for i in tr)
         files[f'fold_{k}_val.txt'] = sorted(paths[rest_idx[i]] for i in va)
     texts = {n: ''.join(p + '\n' for p in lst) for n, lst in files.items()}
-    assign = {p: 'test' for p in files['test.txt']}
-    for p in files['fold_0_train.txt']: assign[p] = 'train/val'
-    for p in files['fold_0_val.txt']: assign[p] = 'train/val'
-    dups = _duplicates(scan, assign)
+    roles = {p: ['test'] * folds for p in paths}
+    for k in range(folds):
+        for s in ('train', 'val'):
+            for p in files[f'fold_{k}_{s}.txt']: roles[p][k] = s
+    dups = _duplicates(scan, roles)
     manifest = dict(
         version=1, created=datetime.datetime.now().isoformat(timespec='seconds'),
         raw_dir=raw_dir.name, raw_hash=raw_hash, **settings, classes=scan.classes,
@@ -123,20 +173,13 @@ def make_splits(
         counts=dict(total=counts, test=len(files['test.txt'])),
         files={n: _sha256(t) for n, t in texts.items()},
         rejected=[dict(path=p, reason=r) for p, r in scan.rejected], duplicates=dups)
-    for g in dups:
-        if len(g['classes']) > 1:
-            logger.warning(f"identical images in different classes {g['classes']}: "
-                           f"{', '.join(g['paths'])}")
-        elif len(g['splits']) > 1:
-            logger.warning(f"identical images across test and train/val: {', '.join(g['paths'])}")
+    for g in dups: logger.warning(_describe_duplicates(g))
     tmp = Path(tempfile.mkdtemp(prefix='.splits.tmp-', dir=data_dir))
     try:
         for n, t in texts.items(): atomic_write(tmp/n, t)
         atomic_write(tmp/MANIFEST, json.dumps(manifest, indent=1) + '\n')
         if out.exists():
-            stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-            kept = data_dir/f'{SPLITS}.old-{stamp}'
-            os.replace(out, kept)
+            kept = _move_aside(out)
             logger.info(f'previous splits kept in {kept}')
         os.replace(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +222,7 @@ def _read_manifest(splits_dir):
     try: return json.loads(p.read_text())
     except (OSError, ValueError): return None
 
-# %% ../nbs/03_splits.ipynb #465e82cf
+# %% ../nbs/03_splits.ipynb #7213b40d
 def check_splits(data_dir, # data/NAME
                  fold:int|None=None, # the fold about to be used (checked to exist)
                 ) -> dict:
@@ -215,6 +258,12 @@ def check_splits(data_dir, # data/NAME
                             'so the folds\' test sets differ; '
                             f're-split with `{how} --force`')
         rest = tr | va
+    for name in split_files(k):
+        digest = hashlib.sha256((sd/name).read_bytes()).hexdigest()
+        if digest != (m.get('files') or {}).get(name):
+            raise DataError(f'{sd/name} was edited after ml-split wrote it (its SHA-256 differs '
+                            f'from the one in {MANIFEST}); re-split with '
+                            f"`ml-split --raw_data {data_dir/'raw'} --folds {k} --force`")
     return m
 
 def load_split(data_dir, # data/NAME

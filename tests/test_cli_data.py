@@ -231,9 +231,6 @@ def test_debug_shows_the_traceback(tmp_path):
     assert 'Traceback' in res.stderr and 'DataError' in res.stderr and 'data/nope/raw' in res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: ml-split --raw_data data/NAME (the dataset folder, '
-                   'not its raw/) takes "raw" as the only class and writes data/splits outside the '
-                   'dataset, with lines that read_index refuses later')
 def test_split_given_the_dataset_folder_instead_of_raw(tiny, tmp_path):
     res = run(['ml-split', '--raw_data', 'data/tiny', '--folds', 2], tmp_path)
     assert not (tmp_path / 'data' / 'splits').exists(), show(res)

@@ -129,8 +129,6 @@ def test_save_and_load_round_trip(tmp_path):
     assert parse_yaml('a: 1e-3')['a'] == 0.001
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: an empty section (`data:` with its keys commented '
-                   "out) is reported as \"unknown key 'data'; did you mean 'data.fold'?\"")
 def test_empty_section_is_not_an_unknown_key(tmp_path):
     p = write(tmp_path, 'data:\n  # fold: 1\nseed: 3\n')
     try: ok = load_config(p).data.fold == 0
@@ -138,16 +136,11 @@ def test_empty_section_is_not_an_unknown_key(tmp_path):
     assert ok
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: optimizer.lr: .inf passes validation (only > 0 is '
-                   'checked; .nan is refused)')
 def test_infinite_lr_is_refused(tmp_path):
     msg = refused(write(tmp_path, 'optimizer:\n  lr: .inf\n'))
     assert 'optimizer.lr' in msg
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: a bad override value is blamed on the config file '
-                   "(\"cfg.yaml: training.batch_size must be >= 1\") or on 'defaults', not on the "
-                   'override that set it')
 def test_bad_override_value_is_blamed_on_the_override(tmp_path):
     p = write(tmp_path, 'seed: 1\n')
     msg = refused(p, {'training.batch_size': 0})

@@ -74,9 +74,6 @@ def test_error_policy_refuses_listing_every_bad_file(damaged):
     assert not (d / 'splits').exists() and not list(d.glob('.splits.tmp-*'))
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: with up-to-date splits that skipped bad files, '
-                   '`ml-split --bad_images error` exits 0 ("splits are up to date") instead of '
-                   'refusing the bad files')
 def test_error_policy_refuses_even_when_skip_splits_are_up_to_date(damaged):
     before = tree_hash(damaged['data'] / 'splits')
     res = run(['ml-split', '--raw_data', 'data/bad/raw', '--folds', 2, '--bad_images', 'error'],
@@ -154,9 +151,6 @@ def test_class_of_only_bad_files_is_refused(tiny, tmp_path):
     assert not (tiny / 'splits').exists()
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: when bad files leave a class empty, scan_images '
-                   'raises "class folder(s) with no usable image" before the bad files are listed, '
-                   'so the user is not told which files were rejected or why')
 def test_class_of_only_bad_files_lists_them(tiny, tmp_path):
     _only_bad_class(tiny)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
@@ -202,9 +196,6 @@ def test_duplicates_across_classes_reported_at_split_time(duplicates):
                                             for ln in res.stderr.splitlines()), g
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: ml-split prints "N group(s) of identical images '
-                   '(listed above)" but never lists a same-class group whose copies are all in '
-                   'train/val (they leak between train and val)')
 def test_every_duplicate_group_counted_is_listed(duplicates):
     res = duplicates['res']
     groups = duplicates['manifest']['duplicates']
@@ -215,9 +206,6 @@ def test_every_duplicate_group_counted_is_listed(duplicates):
 
 # ------------------------------------------------------------------ replacing splits
 
-@pytest.mark.xfail(strict=True, reason='BUG: make_splits moves old splits to splits.old-<seconds>; '
-                   'when that name exists (two --force runs in one second) os.replace raises '
-                   'OSError: Directory not empty, shown as a traceback')
 def test_force_when_the_backup_name_is_taken_is_clean(tiny_split, tmp_path):
     before = tree_hash(tiny_split / 'splits')
     now, taken = datetime.datetime.now(), []

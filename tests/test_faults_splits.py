@@ -74,9 +74,6 @@ def test_folds_covering_other_images_means_test_sets_differ(tiny_split):
     assert 'test sets differ' in msg and 'fold 1' in msg and 're-split' in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: check_splits ignores the file hashes stored in '
-                   'manifest.json, so a line removed from test.txt (that image now in no split) '
-                   'is accepted')
 def test_edited_test_file_is_refused(tiny_split):
     f = tiny_split / 'splits' / 'test.txt'
     f.write_text(''.join(x + '\n' for x in read_lines(f)[1:]))
