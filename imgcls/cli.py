@@ -12,7 +12,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['cli_parser', 'parse_cli', 'run_cli', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
-           'ml_init_config']
+           'ml_init_config', 'train', 'ml_train']
 
 # %% ../nbs/90_cli.ipynb #f1a1bd0c
 def _names(k:str) -> list[str]:
@@ -151,3 +151,33 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
+
+# %% ../nbs/90_cli.ipynb #2155a353
+_NAMED = ('batch_size', 'lr', 'num_epochs', 'fold', 'num_workers', 'device', 'seed')
+
+def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
+          batch_size:int=None, # training.batch_size (per device under accelerate)
+          lr:float=None, # optimizer.lr
+          num_epochs:int=None, # training.num_epochs
+          fold:int=None, # data.fold
+          num_workers:int=None, # data.num_workers
+          device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+          seed:int=None, # seed
+          resume:str=None, # continue the run that wrote this last.pt (in its own folder)
+          force_resume:bool=False, # resume even though the config changed in a way that matters
+          overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+         ):
+    "Train a model as the config says, then evaluate it on the test set."
+    from imgcls.config import FLAG_KEYS, load_config, parse_overrides
+    from imgcls.trainer import train as _train
+    ov = {FLAG_KEYS[k]: v for k, v in zip(_NAMED, (batch_size, lr, num_epochs, fold, num_workers, device, seed))
+          if v is not None}
+    ov.update(parse_overrides(overrides or []))
+    cfg = load_config(config, ov)
+    t = _train(cfg, overrides=ov, resume=resume, force_resume=force_resume)
+    s = t.summary
+    print(f"test accuracy {s['test']['acc']:.4f}, balanced accuracy {s['test']['balanced_acc']:.4f}, "
+          f"macro-F1 {s['test']['macro_f1']:.4f} ({s['test']['n']} images)")
+    print(f"run folder: {s['run_dir']}")
+
+def ml_train(argv=None): return run_cli(train, 'ml-train', argv)
