@@ -43,27 +43,31 @@ def normalise_state_dict(sd:dict) -> dict:
         out[k] = v
     return out
 
-# %% ../nbs/06_checkpoint.ipynb #fd190fa4
-def load_checkpoint(path, # a file written by save_checkpoint (or, with check=False, any weights file)
-                    map_location='cpu', # where tensors are loaded
-                    check:bool=True, # require an imgcls checkpoint
-                   ) -> dict:
-    "Load a checkpoint with `weights_only=True`; a clear `CheckpointError` for missing, corrupt or foreign files."
+# %% ../nbs/06_checkpoint.ipynb #09d02283
+def load_checkpoint(
+    path, # a file written by save_checkpoint (or, with check=False, any weights file)
+    map_location='cpu', # where tensors are loaded
+    check:bool=True, # require an imgcls checkpoint
+) -> dict:
+    ("Load a checkpoint with `weights_only=True`; a clear `CheckpointError` for missing, "
+     "corrupt or foreign files.")
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f'{path}: no such checkpoint')
     try: obj = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
             AttributeError, TypeError, IndexError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path}: corrupt checkpoint (torch.load failed: {first[:200]})') from None
+        raise CheckpointError(f'{path}: corrupt checkpoint '
+                              f'(torch.load failed: {first[:200]})') from None
     if check and not is_checkpoint(obj):
         raise CheckpointError(f'{path}: not an imgcls checkpoint (no training state in it); '
                               'for plain weights use model.weights_path')
     return obj
 
-# %% ../nbs/06_checkpoint.ipynb #6660e030
+# %% ../nbs/06_checkpoint.ipynb #90aef4b4
 def load_weights(model:torch.nn.Module, sd:dict, source='checkpoint'):
-    "Load state dict `sd` into `model` exactly; a `CheckpointError` listing missing, unexpected and mis-shaped keys."
+    ("Load state dict `sd` into `model` exactly; a `CheckpointError` listing missing, unexpected "
+     "and mis-shaped keys.")
     sd = normalise_state_dict(sd)
     own = model.state_dict()
     shapes = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
@@ -73,19 +77,23 @@ def load_weights(model:torch.nn.Module, sd:dict, source='checkpoint'):
     if shapes or missing or unexpected:
         parts = []
         if shapes: parts.append(f"shapes differ: {'; '.join(shapes[:5])}")
-        if missing: parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected: parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        raise CheckpointError(f"{source} does not fit the model ({type(model).__name__}): " + ' | '.join(parts))
+        if missing: parts.append(f"missing keys: {', '.join(missing[:8])}"
+                                 f"{' ...' if len(missing) > 8 else ''}")
+        if unexpected: parts.append(f"unexpected keys: {', '.join(unexpected[:8])}"
+                                    f"{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(f"{source} does not fit the model ({type(model).__name__}): "
+                              + ' | '.join(parts))
     model.load_state_dict(sd)
     return model
 
-# %% ../nbs/06_checkpoint.ipynb #9aedd950
+# %% ../nbs/06_checkpoint.ipynb #4f86c5d8
 def get_rng_state() -> dict:
     "The state of every random number generator, in a form `torch.load(weights_only=True)` accepts."
     ver, st, gauss = random.getstate()
     npst = np.random.get_state()
     return {'python': [ver, torch.tensor(st, dtype=torch.int64), gauss],
-            'numpy': [npst[0], torch.from_numpy(npst[1].astype(np.int64)), npst[2], npst[3], npst[4]],
+            'numpy': [npst[0], torch.from_numpy(npst[1].astype(np.int64)),
+                      npst[2], npst[3], npst[4]],
             'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -96,4 +104,5 @@ def set_rng_state(state:dict):
     n = state['numpy']
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
     torch.set_rng_state(state['torch'].cpu())
-    if state.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])

@@ -152,7 +152,7 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #2155a353
+# %% ../nbs/90_cli.ipynb #6f4cb753
 _NAMED = ('batch_size', 'lr', 'num_epochs', 'fold', 'num_workers', 'device', 'seed')
 
 def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
@@ -170,13 +170,15 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
     "Train a model as the config says, then evaluate it on the test set."
     from imgcls.config import FLAG_KEYS, load_config, parse_overrides
     from imgcls.trainer import train as _train
-    ov = {FLAG_KEYS[k]: v for k, v in zip(_NAMED, (batch_size, lr, num_epochs, fold, num_workers, device, seed))
+    ov = {FLAG_KEYS[k]: v
+          for k, v in zip(_NAMED, (batch_size, lr, num_epochs, fold, num_workers, device, seed))
           if v is not None}
     ov.update(parse_overrides(overrides or []))
     cfg = load_config(config, ov)
     t = _train(cfg, overrides=ov, resume=resume, force_resume=force_resume)
     s = t.summary
-    print(f"test accuracy {s['test']['acc']:.4f}, balanced accuracy {s['test']['balanced_acc']:.4f}, "
+    print(f"test accuracy {s['test']['acc']:.4f}, "
+          f"balanced accuracy {s['test']['balanced_acc']:.4f}, "
           f"macro-F1 {s['test']['macro_f1']:.4f} ({s['test']['n']} images)")
     print(f"run folder: {s['run_dir']}")
 

@@ -16,13 +16,14 @@ from .core import atomic_write
 # %% auto #0
 __all__ = ['compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'plot_confusion_matrix', 'write_report']
 
-# %% ../nbs/08_evaluation.ipynb #fd901ac6
+# %% ../nbs/08_evaluation.ipynb #0aa3be75
 def compute_metrics(y_true, # true class indices
                     y_pred, # predicted class indices
                     classes:list, # class names (index = label)
                     loss:float|None=None, # mean loss, reported as `loss` when given
                    ) -> dict:
-    "Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."
+    ("Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the "
+     "confusion matrix.")
     from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
                                  precision_recall_fscore_support)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -33,20 +34,21 @@ def compute_metrics(y_true, # true class indices
            'balanced_acc': float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
            'macro_f1': float(f[present].mean()) if present.any() else 0.0,
            'n': int(len(y_true)),
-           'per_class': {c: {'precision': float(p[i]), 'recall': float(r[i]), 'f1': float(f[i]), 'support': int(s[i])}
+           'per_class': {c: {'precision': float(p[i]), 'recall': float(r[i]), 'f1': float(f[i]),
+                             'support': int(s[i])}
                          for i, c in enumerate(classes)},
            'confusion_matrix': confusion_matrix(y_true, y_pred, labels=labels).tolist()}
     if loss is not None: out['loss'] = float(loss)
     return out
 
-# %% ../nbs/08_evaluation.ipynb #7b3ed0fe
+# %% ../nbs/08_evaluation.ipynb #5fa5428b
 def classification_report_text(y_true, y_pred, classes:list) -> str:
     "scikit-learn's classification report, with class names."
     from sklearn.metrics import classification_report
-    return classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=[str(c) for c in classes],
-                                 digits=4, zero_division=0)
+    return classification_report(y_true, y_pred, labels=list(range(len(classes))),
+                                 target_names=[str(c) for c in classes], digits=4, zero_division=0)
 
-# %% ../nbs/08_evaluation.ipynb #8157a58e
+# %% ../nbs/08_evaluation.ipynb #12635a95
 @torch.inference_mode()
 def predict(model:torch.nn.Module, # the model (put in eval mode here)
             loader, # yields (images, labels)
@@ -58,7 +60,8 @@ def predict(model:torch.nn.Module, # the model (put in eval mode here)
     "Float32 logits and labels for every item of `loader`, on the CPU."
     model.eval()
     device = torch.device(device)
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else nullcontext())
     logits, labels = [], []
     for i, (x, y) in enumerate(loader):
         if limit is not None and i >= limit: break
@@ -69,8 +72,10 @@ def predict(model:torch.nn.Module, # the model (put in eval mode here)
     if not logits: return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
-def evaluate(model, loader, classes:list, device='cpu', criterion=None, **kwargs) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    "`compute_metrics` over `loader` (with the mean loss when `criterion` is given), plus the logits and labels."
+def evaluate(model, loader, classes:list, device='cpu', criterion=None,
+             **kwargs) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    ("`compute_metrics` over `loader` (with the mean loss when `criterion` is given), "
+     "plus the logits and labels.")
     logits, labels = predict(model, loader, device, **kwargs)
     loss = None
     if criterion is not None and len(labels):
@@ -78,7 +83,7 @@ def evaluate(model, loader, classes:list, device='cpu', criterion=None, **kwargs
     preds = logits.argmax(1) if len(labels) else labels
     return compute_metrics(labels.numpy(), preds.numpy(), classes, loss), logits, labels
 
-# %% ../nbs/08_evaluation.ipynb #3d9cbdf8
+# %% ../nbs/08_evaluation.ipynb #81eb9c43
 def plot_confusion_matrix(cm, classes:list, normalize:bool=False, title:str|None=None):
     "A matplotlib figure of confusion matrix `cm` (rows: true class, columns: predicted)."
     import matplotlib.pyplot as plt
@@ -88,12 +93,13 @@ def plot_confusion_matrix(cm, classes:list, normalize:bool=False, title:str|None
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(3.5, 0.5 * n + 1.5)))
     ConfusionMatrixDisplay(cm, display_labels=[str(c) for c in classes]).plot(
-        ax=ax, cmap='Blues', colorbar=False, values_format='.2f' if normalize else 'd', xticks_rotation=45 if n > 6 else 0)
+        ax=ax, cmap='Blues', colorbar=False, values_format='.2f' if normalize else 'd',
+        xticks_rotation=45 if n > 6 else 0)
     if title: ax.set_title(title)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_evaluation.ipynb #af3a8339
+# %% ../nbs/08_evaluation.ipynb #505a5ddc
 def write_report(run_dir, # the run folder
                  split:str, # 'test', 'val', ...
                  metrics:dict, # from compute_metrics / evaluate
@@ -101,17 +107,22 @@ def write_report(run_dir, # the run folder
                  writer=None, # a TensorBoard SummaryWriter
                  step:int=0, # the TensorBoard step
                 ) -> dict:
-    "Write `logs/classification_report_{split}.txt`, `logs/confusion_matrix_{split}.png` and `logs/metrics_{split}.json`."
+    ("Write `logs/classification_report_{split}.txt`, `logs/confusion_matrix_{split}.png` "
+     "and `logs/metrics_{split}.json`.")
     import matplotlib.pyplot as plt
     logs = Path(run_dir)/'logs'
     logs.mkdir(parents=True, exist_ok=True)
     paths = {}
-    head = (f"{split}: accuracy {metrics['acc']:.4f}, balanced accuracy {metrics['balanced_acc']:.4f}, "
+    head = (f"{split}: accuracy {metrics['acc']:.4f}, "
+            f"balanced accuracy {metrics['balanced_acc']:.4f}, "
             f"macro-F1 {metrics['macro_f1']:.4f}, {metrics['n']} images\n\n")
-    report = head + (classification_report_text(y_true, y_pred, classes) if y_true is not None else '')
+    report = head + (classification_report_text(y_true, y_pred, classes)
+                     if y_true is not None else '')
     paths['report'] = atomic_write(logs/f'classification_report_{split}.txt', report)
-    paths['metrics'] = atomic_write(logs/f'metrics_{split}.json', json.dumps(metrics, indent=1) + '\n')
-    fig = plot_confusion_matrix(metrics['confusion_matrix'], classes, title=f'{split} confusion matrix')
+    paths['metrics'] = atomic_write(logs/f'metrics_{split}.json',
+                                    json.dumps(metrics, indent=1) + '\n')
+    fig = plot_confusion_matrix(metrics['confusion_matrix'], classes,
+                                title=f'{split} confusion matrix')
     paths['confusion_matrix'] = logs/f'confusion_matrix_{split}.png'
     fig.savefig(paths['confusion_matrix'], dpi=100)
     if writer is not None:

@@ -18,7 +18,7 @@ from .core import CheckpointError, ConfigError, logger
 __all__ = ['register_model', 'list_models', 'simple_cnn', 'tiny_net', 'replace_head', 'cached_weights_path', 'get_model',
            'model_from_checkpoint']
 
-# %% ../nbs/07_models.ipynb #ba6b382e
+# %% ../nbs/07_models.ipynb #f010dac4
 _CUSTOM = {}
 
 def register_model(name:str|None=None):
@@ -29,23 +29,26 @@ def register_model(name:str|None=None):
     return _reg
 
 def list_models(kind:str='all') -> list[str]:
-    "Names `get_model` accepts: 'custom' (registered), 'base' (torchvision classification), or 'all'."
+    ("Names `get_model` accepts: 'custom' (registered), 'base' (torchvision classification), "
+     "or 'all'.")
     custom = sorted(_CUSTOM)
     base = torchvision.models.list_models(module=torchvision.models)
     return custom if kind == 'custom' else base if kind == 'base' else custom + base
 
 def _unknown(name, names, what):
     near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else f'; see list_models()'
+    hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else '; see list_models()'
     return ConfigError(f"unknown {what} '{name}'{hint}")
 
-# %% ../nbs/07_models.ipynb #343f6f9b
+# %% ../nbs/07_models.ipynb #e7363745
 def _conv_bn(cin, cout):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 @register_model()
 def simple_cnn(num_classes:int, dropout:float=0.0) -> nn.Module:
-    "Six 3x3 conv-BN-ReLU layers in three stages (32, 64, 128 channels), global pooling, a linear head."
+    ("Six 3x3 conv-BN-ReLU layers in three stages (32, 64, 128 channels), global pooling, "
+     "a linear head.")
     return nn.Sequential(
         _conv_bn(3, 32), _conv_bn(32, 32), nn.MaxPool2d(2),
         _conv_bn(32, 64), _conv_bn(64, 64), nn.MaxPool2d(2),
@@ -58,7 +61,7 @@ def tiny_net(num_classes:int, dropout:float=0.0) -> nn.Module:
     return nn.Sequential(_conv_bn(3, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                          nn.Linear(8, num_classes))
 
-# %% ../nbs/07_models.ipynb #b2f4ed99
+# %% ../nbs/07_models.ipynb #1b585ae4
 def _parent(model, name):
     *path, last = name.split('.')
     mod = model
@@ -69,8 +72,10 @@ def _set(parent, last, new):
     if last.isdigit(): parent[int(last)] = new
     else: setattr(parent, last, new)
 
-def replace_head(model:nn.Module, num_classes:int, dropout:float=0.0, old_classes:int=1000) -> nn.Module:
-    "Swap the classifier of a torchvision model (the last layer with `old_classes` outputs) for `num_classes`."
+def replace_head(model:nn.Module, num_classes:int, dropout:float=0.0,
+                 old_classes:int=1000) -> nn.Module:
+    ("Swap the classifier of a torchvision model (the last layer with `old_classes` outputs) "
+     "for `num_classes`.")
     name, layer = None, None
     for n, m in model.named_modules():
         if n.startswith(('AuxLogits', 'aux')): continue
@@ -83,9 +88,10 @@ def replace_head(model:nn.Module, num_classes:int, dropout:float=0.0, old_classe
     _set(*_parent(model, name), new)
     return model
 
-# %% ../nbs/07_models.ipynb #8a33d664
+# %% ../nbs/07_models.ipynb #9ba6aa8a
 def cached_weights_path(arch:str) -> Path|None:
-    "Where torchvision keeps `arch`'s default ImageNet weights in the torch hub cache (None if it has none)."
+    ("Where torchvision keeps `arch`'s default ImageNet weights in the torch hub cache "
+     "(None if it has none).")
     try: w = torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError, AttributeError): return None
     return Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
@@ -93,9 +99,11 @@ def cached_weights_path(arch:str) -> Path|None:
 def _state_dict_from_file(path) -> dict:
     from imgcls.checkpoint import load_checkpoint, normalise_state_dict, is_checkpoint
     path = Path(path)
-    if not path.is_file(): raise CheckpointError(f'{path}: no such weights file (model.weights_path)')
+    if not path.is_file():
+        raise CheckpointError(f'{path}: no such weights file (model.weights_path)')
     obj = load_checkpoint(path, check=False)
-    sd = obj['model'] if is_checkpoint(obj) else obj.get('state_dict', obj) if isinstance(obj, dict) else None
+    sd = (obj['model'] if is_checkpoint(obj)
+          else obj.get('state_dict', obj) if isinstance(obj, dict) else None)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{path}: not a state dict of weights')
     return normalise_state_dict(sd)
@@ -110,9 +118,10 @@ def _load_pretrained(model:nn.Module, path, arch:str):
     if len(res.missing_keys) > len(skipped) + 4 or res.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not fit {arch}: missing {res.missing_keys[:5]}, "
                               f"unexpected {res.unexpected_keys[:5]}")
-    logger.info(f'loaded pretrained weights for {arch} from {path}' + (f' (head skipped: {skipped})' if skipped else ''))
+    logger.info(f'loaded pretrained weights for {arch} from {path}'
+                + (f' (head skipped: {skipped})' if skipped else ''))
 
-# %% ../nbs/07_models.ipynb #24279996
+# %% ../nbs/07_models.ipynb #63041149
 _NO_AUX = ('googlenet', 'inception_v3')
 
 def get_model(cfg:Config, # the configuration (its model: section is used)
@@ -128,7 +137,8 @@ def get_model(cfg:Config, # the configuration (its model: section is used)
         if m.pretrained and m.weights_path: _load_pretrained(model, m.weights_path, name)
     else:
         arch = m.architecture
-        if arch not in list_models('base'): raise _unknown(arch, list_models('base'), 'model.architecture')
+        if arch not in list_models('base'):
+            raise _unknown(arch, list_models('base'), 'model.architecture')
         kw = {'aux_logits': False, 'init_weights': False} if arch in _NO_AUX else {}
         model = torchvision.models.get_model(arch, weights=None, **kw)
         if m.pretrained:
