@@ -193,7 +193,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #b7d0033b
+# %% ../nbs/09_trainer.ipynb #943ad3de
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -214,6 +214,7 @@ class BaseTrainer:
         self.history, self.partial, self.summary, self._signal, self._ready = (
             [], None, None, None, False)
 
+    def select_device(self) -> torch.device: return get_device(self.cfg.training.device)
     # -- hooks that subclasses change --------------------------------------------------------------
     def autocast(self): return nullcontext()
     def make_scaler(self): return None
@@ -252,7 +253,7 @@ class BaseTrainer:
                                   f'resumed ({what}); '
                                   'resume with the same config, or pass --force_resume')
         seed_everything(cfg.seed, cfg.deterministic)
-        self.device = get_device(cfg.training.device)
+        self.device = self.select_device()
         self.datasets = get_datasets(cfg)
         self.fingerprint = getattr(self.datasets['train'], 'fingerprint', None)
         if (ck is not None and ck.get('data_fingerprint')
@@ -306,6 +307,7 @@ class BaseTrainer:
         self.history, self.partial = list(ck.get('history', [])), ck.get('partial')
         self.early.load_state_dict(ck['early_stopping'])
         if ck.get('rng'): set_rng_state(ck['rng'])
+        self.load_extra_state(ck)
         logger.info(f'resuming from {self.resume_from}: epoch {self.epoch + 1}, '
                     f'step {self.step_in_epoch}')
 
@@ -324,10 +326,21 @@ class BaseTrainer:
                 'config': self.cfg.to_dict(),
                 'classes': self.classes, 'trainer_type': self.trainer_type,
                 'metrics': metrics or {},
-                'data_fingerprint': self.fingerprint}
+                'data_fingerprint': self.fingerprint, **self.extra_state()}
+
+    def extra_state(self) -> dict:
+        "What a trainer type adds to its checkpoints (e.g. the privacy accountant)."
+        return {}
+
+    def load_extra_state(self, ck:dict):
+        "Restore what `extra_state` saved."
 
     def save(self, name:str, metrics:dict|None=None):
         if self.is_main: save_checkpoint(self.run_dir/'weights'/name, self.state(metrics))
+        self.barrier()
+
+    def barrier(self):
+        "Wait for every process (a no-op with one)."
 
     def weights_finite(self) -> bool:
         return all(torch.isfinite(p).all() for p in self.unwrapped_model.state_dict().values()
@@ -370,16 +383,28 @@ class BaseTrainer:
             f = getattr(cb, name, None)
             if f is not None: f(self, *args)
 
+    def epoch_loader(self, start:int):
+        "This epoch's training batches, from batch `start` on (after a mid-epoch resume)."
+        dl = self.dls['train']
+        if hasattr(dl, 'set_epoch'): dl.set_epoch(self.epoch)
+        sampler = getattr(dl, 'sampler', None)
+        if hasattr(sampler, 'set_epoch'): sampler.set_epoch(self.epoch)
+        if getattr(dl, 'generator', None) is not None:
+            dl.generator.manual_seed(self.cfg.seed + self.epoch)
+        if hasattr(sampler, 'start'): sampler.start = start * dl.batch_size
+        return dl
+
+    def should_stop(self) -> bool:
+        "Has a stop been asked for (signal or `request_stop`)? Several processes must agree."
+        return self._signal is not None
+
     def train_epoch(self) -> dict:
         "One epoch (or the rest of one, after a resume); returns train loss and accuracy."
         model, dl = self.model, self.dls['train']
         model.train()
         sampler = getattr(dl, 'sampler', None)
-        if hasattr(sampler, 'set_epoch'): sampler.set_epoch(self.epoch)
-        if getattr(dl, 'generator', None) is not None:
-            dl.generator.manual_seed(self.cfg.seed + self.epoch)
         start = self.step_in_epoch
-        if hasattr(sampler, 'start'): sampler.start = start * dl.batch_size
+        dl = self.epoch_loader(start)
         sums = self.partial or {'loss': 0.0, 'correct': 0, 'n': 0}
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64) + sums['loss']
         correct = torch.zeros((), device=self.device, dtype=torch.long) + sums['correct']
@@ -393,6 +418,8 @@ class BaseTrainer:
         try:
             for x, y in bar:
                 if i >= self.n_batches: break
+                if len(y) == 0:  # Poisson sampling (DP) can draw an empty batch
+                    i += 1; self.step_in_epoch = i; continue
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
@@ -423,7 +450,7 @@ class BaseTrainer:
                     self.global_step += 1
                 self.step_in_epoch = i
                 self._cb('after_step')
-                if self._signal is not None and i < self.n_batches and i % self.accum == 0:
+                if i < self.n_batches and i % self.accum == 0 and self.should_stop():
                     self.partial = {'loss': loss_sum.item(), 'correct': int(correct.item()), 'n': n}
                     raise _Stop()
         finally:
@@ -484,7 +511,7 @@ class BaseTrainer:
                 self.save('last.pt', val)
                 self._log_epoch(row, best)
                 self._cb('after_epoch', row)
-                if self._signal is not None: self._interrupted()
+                if self.should_stop(): self._interrupted()
                 if self.early.should_stop:
                     logger.info(f'early stopping: {monitor} did not improve for '
                                 f'{self.early.patience} epochs')
