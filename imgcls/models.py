@@ -16,7 +16,7 @@ from .core import CheckpointError, ConfigError, logger
 
 # %% auto #0
 __all__ = ['register_model', 'list_models', 'simple_cnn', 'tiny_net', 'replace_head', 'cached_weights_path', 'get_model',
-           'model_from_checkpoint']
+           'dp_compatible', 'model_from_checkpoint']
 
 # %% ../nbs/07_models.ipynb #f010dac4
 _CUSTOM = {}
@@ -151,7 +151,22 @@ def get_model(cfg:Config, # the configuration (its model: section is used)
         model = replace_head(model, num_classes, m.dropout)
     return model.to(device) if device is not None else model
 
-# %% ../nbs/07_models.ipynb #25669183
+# %% ../nbs/07_models.ipynb #c7ad240b
+def dp_compatible(model:nn.Module) -> tuple[nn.Module, list[str]]:
+    "`model` with the layers Opacus cannot train replaced, and a list of what was replaced."
+    try: from opacus.validators import ModuleValidator
+    except ModuleNotFoundError:
+        raise ConfigError("training.trainer_type 'dp' needs Opacus: "
+                          "pip install 'imgcls[dp]'") from None
+    before = {n: type(m).__name__ for n, m in model.named_modules()}
+    model = ModuleValidator.fix(model)
+    replaced = [f'{n}: {before[n]} -> {type(m).__name__}' for n, m in model.named_modules()
+                if n in before and before[n] != type(m).__name__]
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors: raise ConfigError(f'Opacus cannot train this model: {errors[0]}')
+    return model, replaced
+
+# %% ../nbs/07_models.ipynb #829a57e7
 def model_from_checkpoint(path, # a best.pt or last.pt
                           device='cpu', # where to put the model
                          ) -> tuple[nn.Module, dict]:
@@ -162,5 +177,6 @@ def model_from_checkpoint(path, # a best.pt or last.pt
     if 'config' not in ck or 'classes' not in ck or 'model' not in ck:
         raise CheckpointError(f'{path}: checkpoint has no model, config or class names')
     model = get_model(Config(ck['config']), num_classes=len(ck['classes']))
+    if ck.get('trainer_type') == 'dp': model, _ = dp_compatible(model)
     load_weights(model, ck['model'], source=str(path))
     return model.to(device).eval(), ck
