@@ -193,7 +193,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #943ad3de
+# %% ../nbs/09_trainer.ipynb #45d63fd3
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -411,8 +411,8 @@ class BaseTrainer:
         n = sums['n']
         bar = progress_bar(dl, total=self.n_batches - start,
                            desc=f'epoch {self.epoch + 1}/{self.cfg.training.num_epochs}',
-                           enabled=(self.progress and self.is_main if self.progress is not None
-                                    else None))
+                           enabled=(self.progress if self.progress is not None
+                                    else show_progress()) and self.is_main)
         self.optimizer.zero_grad(set_to_none=True)
         i = start
         try:
@@ -499,6 +499,8 @@ class BaseTrainer:
                        'val_loss': val['loss'], 'val_acc': val['acc'],
                        'val_macro_f1': val['macro_f1'], 'val_balanced_acc': val['balanced_acc'],
                        'lr': lr, 'time_s': time.time() - te}
+                self._extras = self.epoch_extras()
+                row.update(self._extras)
                 self.history.append(row)
                 best = self.early.step(value, self.epoch + 1)
                 finite = self.weights_finite()
@@ -528,7 +530,9 @@ class BaseTrainer:
                     f"train_loss {row['train_loss']:.4f}  "
                     f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
                     f"val_acc {row['val_acc']:.4f}  "
-                    f"lr {row['lr']:.3g}  {row['time_s']:.1f}s" + ('  *best' if best else ''))
+                    f"lr {row['lr']:.3g}  {row['time_s']:.1f}s"
+                    + ''.join(f'  {k} {v:.4g}' for k, v in getattr(self, '_extras', {}).items())
+                    + ('  *best' if best else ''))
         if self.writer is not None:
             for k, v in row.items():
                 if k != 'epoch':
@@ -577,6 +581,9 @@ class BaseTrainer:
         finally: self.cfg.training['limit_val_batches'] = lim
 
     def extra_summary(self) -> dict: return {}
+    def epoch_extras(self) -> dict:
+        "Numbers a trainer type adds to each epoch's history row and log line."
+        return {}
 
     @staticmethod
     def _summary_text(s) -> str:

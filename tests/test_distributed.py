@@ -1,0 +1,57 @@
+"""`trainer_type: accelerate` with two CPU processes over gloo, launched as users launch it:
+one run folder, metrics over exactly the validation set, and a checkpoint that any process loads."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import yaml
+from helpers import command, env, show
+
+from imgcls.config import Config
+from imgcls.data import get_dataloaders, get_datasets
+from imgcls.evaluation import evaluate
+from imgcls.models import model_from_checkpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
+    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
+           'augmentation': {'horizontal_flip': 0.0},
+           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
+           'optimizer': {'lr': 0.05},
+           'training': {'trainer_type': 'accelerate', 'num_epochs': 2, 'batch_size': 8,
+                        'device': 'cpu'}}
+    p = tmp_path / 'tiny_config.yaml'
+    p.write_text(yaml.safe_dump(cfg))
+    e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
+    args = [command('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
+            '--main_process_port', str(_free_port()), '--no_python', command('ml-train'),
+            '--config', str(p)]
+    res = subprocess.run(args, cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, show(res)
+    assert 'Traceback' not in res.stderr, show(res)
+    runs = sorted(os.listdir(tmp_path / 'runs'))
+    assert runs == ['tiny_fold_0'], runs
+    rd = tmp_path / 'runs' / 'tiny_fold_0'
+    log = (rd / 'logs' / 'train.log').read_text()
+    assert 'accelerate: 2 process(es)' in log, log
+    assert log.count('epoch 1/2') == 1 and log.count('epoch 2/2') == 1, log
+    s = json.loads((rd / 'summary.json').read_text())
+    assert s['val']['n'] == 40 and s['test']['n'] == 20, s   # every image once, no padding repeats
+    assert sum(map(sum, json.loads((rd / 'logs' / 'metrics_val.json').read_text())
+                   ['confusion_matrix'])) == 40
+    # the checkpoint loads in one process and gives the same test accuracy
+    model, ck = model_from_checkpoint(rd / 'weights' / 'best.pt')
+    c = Config(ck['config'])
+    c.data['data_dir'] = str(tmp_path / 'data' / 'tiny')
+    dls = get_dataloaders(c, get_datasets(c, splits=('test',)))
+    m, _, _ = evaluate(model, dls['test'], ck['classes'])
+    assert abs(m['acc'] - s['test']['acc']) < 1e-9, (m['acc'], s['test'])
