@@ -313,13 +313,13 @@ def save_config(cfg:dict, path):
     data = cfg.to_dict() if isinstance(cfg, Config) else cfg
     return atomic_write(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
-# %% ../nbs/01_config.ipynb #9e2af9a4
+# %% ../nbs/01_config.ipynb #bd9ed3e6
 _SHORT = {'training.batch_size': 'batch', 'training.num_epochs': 'epochs',
           'data.num_workers': 'workers'}
 
 def _fmt(v) -> str:
     s = repr(v) if isinstance(v, float) else str(v)
-    return re.sub(r'[^A-Za-z0-9.+-]+', '-', s).strip('-') or 'none'
+    return re.sub(r'[^A-Za-z0-9._+-]+', '-', s).strip('-') or 'none'
 
 def run_name(cfg:Config, # the resolved configuration
              overrides:dict|None=None, # the overrides, in the order they were given

@@ -15,8 +15,8 @@ from .config import Config
 from .core import CheckpointError, ConfigError, logger
 
 # %% auto #0
-__all__ = ['register_model', 'list_models', 'simple_cnn', 'tiny_net', 'replace_head', 'cached_weights_path', 'get_model',
-           'dp_compatible', 'model_from_checkpoint']
+__all__ = ['register_model', 'list_models', 'simple_cnn', 'tiny_net', 'dp_cnn', 'replace_head', 'cached_weights_path',
+           'get_model', 'dp_compatible', 'model_from_checkpoint']
 
 # %% ../nbs/07_models.ipynb #f010dac4
 _CUSTOM = {}
@@ -60,6 +60,16 @@ def tiny_net(num_classes:int, dropout:float=0.0) -> nn.Module:
     "One conv layer, global pooling and a linear head: for tests and smoke runs."
     return nn.Sequential(_conv_bn(3, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                          nn.Linear(8, num_classes))
+
+# %% ../nbs/07_models.ipynb #b1b83993
+@register_model()
+def dp_cnn(num_classes:int, dropout:float=0.0) -> nn.Module:
+    "Two strided tanh conv layers, 4x4 pooling and a small tanh MLP: made for DP-SGD."
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.Tanh(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.Tanh(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
+        nn.Linear(32 * 16, 32), nn.Tanh(), nn.Linear(32, num_classes))
 
 # %% ../nbs/07_models.ipynb #1b585ae4
 def _parent(model, name):
@@ -166,7 +176,7 @@ def dp_compatible(model:nn.Module) -> tuple[nn.Module, list[str]]:
     if errors: raise ConfigError(f'Opacus cannot train this model: {errors[0]}')
     return model, replaced
 
-# %% ../nbs/07_models.ipynb #829a57e7
+# %% ../nbs/07_models.ipynb #a68eef9a
 def model_from_checkpoint(path, # a best.pt or last.pt
                           device='cpu', # where to put the model
                          ) -> tuple[nn.Module, dict]:
@@ -176,7 +186,9 @@ def model_from_checkpoint(path, # a best.pt or last.pt
     ck = load_checkpoint(path, map_location='cpu')
     if 'config' not in ck or 'classes' not in ck or 'model' not in ck:
         raise CheckpointError(f'{path}: checkpoint has no model, config or class names')
-    model = get_model(Config(ck['config']), num_classes=len(ck['classes']))
+    cfg = Config(ck['config'])
+    cfg.model['pretrained'] = False  # the checkpoint has the weights; no ImageNet file needed
+    model = get_model(cfg, num_classes=len(ck['classes']))
     if ck.get('trainer_type') == 'dp': model, _ = dp_compatible(model)
     load_weights(model, ck['model'], source=str(path))
     return model.to(device).eval(), ck
