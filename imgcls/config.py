@@ -16,7 +16,7 @@ __all__ = ['TEMPLATE_PATH', 'FLAG_KEYS', 'parse_yaml', 'load_yaml', 'template_te
            'nearest_key', 'validate_config', 'parse_value', 'parse_overrides', 'load_config', 'save_config', 'run_name',
            'create_run_dir']
 
-# %% ../nbs/01_config.ipynb #d13f4d86
+# %% ../nbs/01_config.ipynb #8062ebae
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
@@ -48,7 +48,7 @@ def parse_yaml(text:str, # YAML source
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' line {mark.line+1}' if mark is not None else ''
-        what = getattr(e, 'problem', None) or str(e)
+        what = getattr(e, 'problem', None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(f'{source}:{where} is not valid YAML ({what})') from None
 
 def load_yaml(path):
