@@ -160,7 +160,7 @@ def valid_keys() -> list[str]:
     "Every dotted key a config file may set."
     return list(_flatten(default_config()))
 
-# %% ../nbs/01_config.ipynb #abf949f7
+# %% ../nbs/01_config.ipynb #4f55f0a7
 def nearest_key(key:str, keys:list[str]|None=None) -> str|None:
     "The valid key a user most likely meant by `key`."
     keys = valid_keys() if keys is None else keys
@@ -176,9 +176,9 @@ def _unknown(key, source, keys):
     near = nearest_key(key, keys)
     hint = (f"; did you mean '{near}'?" if near
             else '; see the template (ml-init-config) for valid keys')
-    return ConfigError(f"{source}: unknown key '{key}'{hint}")
+    return ConfigError(f"{source}: unknown key {key!r}{hint}")
 
-# %% ../nbs/01_config.ipynb #8c8c8dfa
+# %% ../nbs/01_config.ipynb #813e59a1
 def _type_name(t):
     return {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string',
             list: 'a list', dict: 'a mapping'}.get(t, str(t))
@@ -191,7 +191,7 @@ def _is(v, t):
     return isinstance(v, t)
 
 def _got(v):
-    return f"the string '{v}'" if isinstance(v, str) else f'{v!r}'
+    return f'the string {v!r}' if isinstance(v, str) else f'{v!r}'
 
 def _check_value(key, v, default, source):
     "Raise a `ConfigError` unless `v` is a valid value for `key`."
@@ -242,8 +242,10 @@ def validate_config(cfg:dict, # the merged configuration
             raise _unknown(key, source, list(defaults))
         _check_value(key, v, defaults[key], source)
     for sec in ('sampler', 'pruner'):
-        t = (cfg.get('search') or {}).get(sec, {}).get('type')
-        if not isinstance(t, str): raise ConfigError(f'{source}: search.{sec}.type must be set')
+        sv = (cfg.get('search') or {}).get(sec)
+        if not isinstance(sv, dict) or not isinstance(sv.get('type'), str):
+            raise ConfigError(f'{source}: search.{sec} must be a mapping with a type, e.g. '
+                              f"{{type: {'TPESampler' if sec == 'sampler' else 'MedianPruner'}}}")
     return cfg
 
 # %% ../nbs/01_config.ipynb #1bc0250a
