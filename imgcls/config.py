@@ -103,7 +103,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #34c8c12f
+# %% ../nbs/01_config.ipynb #c8ccedaa
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -152,7 +152,7 @@ def _flatten(d, prefix=''):
     out = {}
     for k, v in d.items():
         key = f'{prefix}{k}'
-        if isinstance(v, dict) and key not in _FREE: out.update(_flatten(v, key + '.'))
+        if isinstance(v, dict) and v and key not in _FREE: out.update(_flatten(v, key + '.'))
         else: out[key] = v
     return out
 

@@ -1,7 +1,9 @@
 """Property-based tests: the config loader and the index-file reader, fed random and malformed
-input, either load it or raise imgcls's own clear error, never anything else."""
+input, either load it or raise imgcls's own clear error, never anything else. Deterministic by
+default (the same 200 examples each run); IMGCLS_HYPOTHESIS_EXAMPLES=N explores N random ones."""
 from __future__ import annotations
 
+import os
 import string
 import tempfile
 from pathlib import Path
@@ -14,7 +16,8 @@ from imgcls.config import load_config, valid_keys
 from imgcls.core import ImgclsError
 from imgcls.splits import read_index
 
-SETTINGS = settings(max_examples=150, deadline=None,
+SETTINGS = settings(max_examples=int(os.environ.get('IMGCLS_HYPOTHESIS_EXAMPLES', 200)),
+                    deadline=None, derandomize=not os.environ.get('IMGCLS_HYPOTHESIS_EXAMPLES'),
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
