@@ -16,17 +16,39 @@ from .core import CheckpointError, atomic_open
 __all__ = ['FORMAT', 'save_checkpoint', 'is_checkpoint', 'normalise_state_dict', 'load_checkpoint', 'load_weights',
            'get_rng_state', 'set_rng_state']
 
-# %% ../nbs/06_checkpoint.ipynb #a931dd4a
+# %% ../nbs/06_checkpoint.ipynb #b3a97837
 FORMAT = 'imgcls-checkpoint'
+
+class _Writer:
+    "File wrapper keeping the `OSError` of a failed write (torch reports a RuntimeError)."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+    def flush(self): return self.f.flush()
 
 def save_checkpoint(path, # where to write (e.g. run/weights/last.pt)
                     state:dict, # what to save: plain containers, numbers, strings and tensors
                    ) -> Path:
     "Save `state` (marked as an imgcls checkpoint) to `path` atomically."
+    path = Path(path)
     state = {'format': FORMAT, 'format_version': 1, **state}
     if 'model' in state: state['model'] = normalise_state_dict(state['model'])
-    with atomic_open(path, 'wb') as f: torch.save(state, f)
-    return Path(path)
+    try:
+        with atomic_open(path, 'wb') as f:
+            w = _Writer(f)
+            try: torch.save(state, w)
+            except RuntimeError:  # torch's zip writer turns a failed write into a RuntimeError
+                if w.error is not None: raise w.error from None
+                raise
+    except OSError as e:
+        raise CheckpointError(f'{path}: could not save the checkpoint ({e.strerror or e}); '
+                              'the previous file is unchanged') from e
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
+    return path
 
 def is_checkpoint(obj) -> bool:
     "Is `obj` (a loaded file) an imgcls checkpoint?"
