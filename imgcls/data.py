@@ -48,7 +48,7 @@ def eval_transform(cfg:Config) -> v2.Compose:
     return v2.Compose([v2.CenterCrop(cfg.data.image_size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(a.mean, a.std)])
 
-# %% ../nbs/05_data.ipynb #f6c0cc45
+# %% ../nbs/05_data.ipynb #f3cb9334
 class IndexedImageDataset(Dataset):
     ("Images listed in a split's index file, with labels from one class mapping; "
      "optionally cached in memory.")
@@ -72,7 +72,7 @@ class IndexedImageDataset(Dataset):
     def load(self, i) -> torch.Tensor:
         "The base `uint8` tensor of item `i` (from the cache when there is one)."
         if self.cache is not None: return self.cache[i]
-        return base_transform(load_image(self.path(i)), self.resize_size)
+        return base_transform(load_image(self.path(i), self.resize_size), self.resize_size)
 
     def __getitem__(self, i):
         x = self.load(i)

@@ -169,14 +169,14 @@ def export_onnx(checkpoint, # a best.pt or last.pt written by ml-train
     data = model_to_onnx(model, meta['input_size'], opset, meta)
     return atomic_write(default_output(checkpoint, output), data)
 
-# %% ../nbs/12_export.ipynb #d37dcf06
+# %% ../nbs/12_export.ipynb #53b4a0b2
 def preprocess(img, # an image path or a PIL image
                input_size=(224, 224), # (height, width) the model takes
                resize_size:int=256, # shorter side after resizing, before the centre crop
                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), # normalisation
               ) -> np.ndarray:
     "The float32 CHW array the model takes for `img`, computed with NumPy and Pillow only."
-    im = to_rgb(img) if isinstance(img, Image.Image) else load_image(img)
+    im = to_rgb(img) if isinstance(img, Image.Image) else load_image(img, int(resize_size))
     w, h = im.size
     short, long = (w, h) if w <= h else (h, w)
     ns, nl = int(resize_size), int(int(resize_size) * long / short)

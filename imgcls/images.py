@@ -45,7 +45,7 @@ def file_list_hash(raw_dir) -> str:
         h.update(f'{p.relative_to(raw_dir).as_posix()}\t{p.stat().st_size}\n'.encode())
     return h.hexdigest()
 
-# %% ../nbs/02_images.ipynb #da9c25c0
+# %% ../nbs/02_images.ipynb #88a5bc2d
 BACKGROUND = (255, 255, 255)
 
 def to_rgb(im:Image.Image) -> Image.Image:
@@ -65,9 +65,12 @@ def to_rgb(im:Image.Image) -> Image.Image:
         return Image.alpha_composite(bg, rgba).convert('RGB')
     return im if mode == 'RGB' else im.convert('RGB')
 
-def load_image(path) -> Image.Image:
+def load_image(path, # an image file
+               min_size:int|None=None, # JPEGs: decode at reduced scale, keeping both sides >= this
+              ) -> Image.Image:
     "Open the image at `path` and return it as RGB (see `to_rgb`)."
     with Image.open(path) as im:
+        if min_size and im.format == 'JPEG': im.draft(None, (min_size, min_size))
         return to_rgb(im)
 
 # %% ../nbs/02_images.ipynb #f0474dee

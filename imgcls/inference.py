@@ -86,7 +86,7 @@ def find_images(images, # a path, folder or glob pattern, or a list of them
     if not out: raise DataError('no images given')
     return list(dict.fromkeys(out))
 
-# %% ../nbs/11_inference.ipynb #e348d047
+# %% ../nbs/11_inference.ipynb #d410d54a
 def _default_device(device=None) -> torch.device:
     "`device`, or the GPU when there is one."
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -123,7 +123,7 @@ class Predictor:
     def load(self, image) -> Image.Image:
         "`image` (a path or PIL image) as upright RGB; a `DataError` naming the file if unreadable."
         if isinstance(image, Image.Image): return to_rgb(image)
-        try: return load_image(image)
+        try: return load_image(image, self.resize_size)
         except FileNotFoundError: raise DataError(f'{image}: no such file') from None
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
