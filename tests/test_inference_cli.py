@@ -59,7 +59,8 @@ def direct(project: Path, paths: list, tta: bool = False):
     model, ck = model_from_checkpoint(project / BEST)
     cfg = Config(ck['config'])
     tf = eval_transform(cfg)
-    x = torch.stack([tf(base_transform(load_image(project / p), cfg.data.resize_size))
+    x = torch.stack([tf(base_transform(load_image(project / p, cfg.data.resize_size),
+                                       cfg.data.resize_size))
                      for p in paths])
     with torch.no_grad():
         p = model(x).softmax(1)
