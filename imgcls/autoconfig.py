@@ -95,13 +95,13 @@ def machine_info() -> dict:
     import torch
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1)
 
-# %% ../nbs/04_autoconfig.ipynb #0541f816
+# %% ../nbs/04_autoconfig.ipynb #af0986d0
 def suggest_values(info:dict, machine:dict) -> dict:
     "Dotted config keys and values that suit dataset `info` on `machine`."
     gpu, short = machine['cuda'], min(info['median_size'])
     small = short < 128
     size = max(16, -(-short // 8) * 8) if small else (224 if gpu else 128)
-    v = {'data.image_size': size, 'data.num_workers': min(8, machine['cpus']),
+    v = {'data.image_size': size, 'data.num_workers': 'auto',
          'training.device': 'cuda' if gpu else 'cpu', 'training.num_epochs': 30,
          'training.batch_size': 64 if gpu or small else 32,
          'training.trainer_type': 'mixed_precision' if gpu else 'standard',

@@ -103,11 +103,12 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #c8ccedaa
+# %% ../nbs/01_config.ipynb #0c7a72a3
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
-    'seed': dict(min=0), 'data.fold': dict(min=0), 'data.num_workers': dict(min=0),
+    'seed': dict(min=0), 'data.fold': dict(min=0),
+    'data.num_workers': dict(type=(int, str), min=0, choices_str=['auto']),
     'data.dataset_name': dict(type=str, null=True), 'data.image_size': dict(min=8),
     'data.resize_size': dict(type=int, min=8, null=True),
     'data.bad_images': dict(choices=['skip', 'error']),
@@ -178,7 +179,7 @@ def _unknown(key, source, keys):
             else '; see the template (ml-init-config) for valid keys')
     return ConfigError(f"{source}: unknown key {key!r}{hint}")
 
-# %% ../nbs/01_config.ipynb #813e59a1
+# %% ../nbs/01_config.ipynb #754b42ff
 def _type_name(t):
     return {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string',
             list: 'a list', dict: 'a mapping'}.get(t, str(t))
@@ -215,7 +216,9 @@ def _check_value(key, v, default, source):
     if t is not None and not any(_is(v, x) for x in ts):
         raise bad(' or '.join(_type_name(x) for x in ts))
     if isinstance(v, str) and 'choices_str' in r and v not in r['choices_str']:
-        raise bad('one of ' + ', '.join(r['choices_str']) + ' or a list')
+        other = [x for x in ts if x is not str]
+        raise bad('one of ' + ', '.join(r['choices_str'])
+                  + (f' or {_type_name(other[0])}' if other else ''))
     if isinstance(v, list):
         if 'len' in r and len(v) != r['len']: raise bad(f"a list of {r['len']} numbers")
         if any(not _is(x, float) for x in v): raise bad('a list of numbers')

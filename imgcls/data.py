@@ -20,7 +20,7 @@ from .splits import SPLITS, check_splits, read_index
 
 # %% auto #0
 __all__ = ['base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
-           'get_datasets', 'EpochSampler', 'get_dataloaders', 'denormalize', 'show_batch']
+           'get_datasets', 'EpochSampler', 'resolve_workers', 'get_dataloaders', 'denormalize', 'show_batch']
 
 # %% ../nbs/05_data.ipynb #72d64317
 def base_transform(img, # a PIL image, already RGB
@@ -195,7 +195,7 @@ def get_datasets(cfg:Config, # the resolved configuration
                     f'({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
     return out
 
-# %% ../nbs/05_data.ipynb #af137aea
+# %% ../nbs/05_data.ipynb #4f773585
 class EpochSampler(Sampler):
     "Random permutation of `n` items, seeded by `seed + epoch`: reproducible across a resume."
     def __init__(self, n:int, seed:int=0):
@@ -212,6 +212,14 @@ def _pin(cfg):
     return (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
             if pm == 'auto' else bool(pm))
 
+def resolve_workers(cfg:Config, datasets:dict) -> int:
+    "`data.num_workers` resolved: `auto` is 0 on a CPU with cached images, else one a core (<= 8)."
+    nw = cfg.data.num_workers
+    if nw != 'auto': return nw
+    cached = all(d.cache is not None for d in datasets.values())
+    on_cpu = not str(cfg.training.device).startswith('cuda') or not torch.cuda.is_available()
+    return 0 if cached and on_cpu else min(8, os.cpu_count() or 1)
+
 def get_dataloaders(cfg:Config, # the resolved configuration
                     datasets:dict|None=None, # from `get_datasets` (built if None)
                     batch_size:int|None=None, # default: training.batch_size
@@ -219,7 +227,7 @@ def get_dataloaders(cfg:Config, # the resolved configuration
     ("DataLoaders for the datasets; "
      "train shuffles (seeded by epoch) and drops a last batch of one image.")
     datasets = datasets if datasets is not None else get_datasets(cfg)
-    bs, nw = batch_size or cfg.training.batch_size, cfg.data.num_workers
+    bs, nw = batch_size or cfg.training.batch_size, resolve_workers(cfg, datasets)
     kw = dict(num_workers=nw, pin_memory=_pin(cfg), persistent_workers=nw > 0,
               collate_fn=collate)
     out = {}
