@@ -24,8 +24,8 @@ from .models import get_model
 # %% auto #0
 __all__ = ['MONITOR_MODE', 'TRAINERS', 'TrainingError', 'TrainingInterrupted', 'get_device', 'build_criterion', 'build_optimizer',
            'LRSchedule', 'build_scheduler', 'EarlyStopping', 'Callback', 'in_notebook', 'show_progress', 'progress_bar',
-           'config_changes', 'BaseTrainer', 'StandardTrainer', 'cpu_supports_bf16', 'MixedPrecisionTrainer',
-           'get_trainer', 'train']
+           'config_changes', 'BaseTrainer', 'write_manifest', 'StandardTrainer', 'cpu_supports_bf16',
+           'MixedPrecisionTrainer', 'get_trainer', 'train']
 
 # %% ../nbs/09_trainer.ipynb #e60339fa
 class TrainingError(ImgclsError):
@@ -194,7 +194,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #45d63fd3
+# %% ../nbs/09_trainer.ipynb #4261d919
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -291,7 +291,9 @@ class BaseTrainer:
             (self.run_dir/'weights').mkdir(exist_ok=True)
             setup_logging(self.run_dir/'logs'/'train.log', console=True)
             saved = Config(cfg.to_dict()); saved.training['device'] = str(self.device)
-            if ck is None: save_config(saved, self.run_dir/'config.yaml')
+            if ck is None:
+                save_config(saved, self.run_dir/'config.yaml')
+                write_manifest(self.run_dir, saved, self.datasets['train'])
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.run_dir/'tensorboard'))
         else: self.writer = None
@@ -614,6 +616,42 @@ class BaseTrainer:
             ax.set_title(t); ax.set_xlabel('epoch'); ax.legend()
         fig.tight_layout()
         return fig
+
+# %% ../nbs/09_trainer.ipynb #a0858531
+def _git_commit() -> dict|None:
+    import subprocess
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode: return None
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ''
+        return {'commit': head.stdout.strip(), 'dirty': dirty}
+    except (OSError, subprocess.SubprocessError): return None
+
+def write_manifest(run_dir, cfg:Config, train_ds) -> Path:
+    "Write `run_dir/manifest.json`: config, seed, command, versions, git commit, data hashes."
+    import importlib.metadata as md, platform
+    from imgcls import __version__
+    from imgcls.splits import SPLITS, _read_manifest
+    def ver(p):
+        try: return md.version(p)
+        except md.PackageNotFoundError: return None
+    data_dir = Path(cfg.data.data_dir)
+    splits = _read_manifest(data_dir/SPLITS) or {}
+    fold = cfg.data.fold
+    files = {n: h for n, h in splits.get('files', {}).items()
+             if n in ('test.txt', f'fold_{fold}_train.txt', f'fold_{fold}_val.txt')}
+    m = {'imgcls': __version__, 'python': platform.python_version(),
+         'platform': platform.platform(),
+         'packages': {p: ver(p) for p in ('torch', 'torchvision', 'numpy', 'pillow', 'scikit-learn',
+                                          'accelerate', 'opacus', 'optuna', 'onnx', 'onnxruntime')},
+         'command': sys.argv, 'git': _git_commit(), 'seed': cfg.seed,
+         'deterministic': cfg.deterministic,
+         'data': {'data_dir': str(data_dir), 'fold': fold, 'raw_hash': splits.get('raw_hash'),
+                  'split_files': files, 'fingerprint': getattr(train_ds, 'fingerprint', None)},
+         'config': cfg.to_dict()}
+    return atomic_write(Path(run_dir)/'manifest.json', json.dumps(m, indent=1, default=str) + '\n')
 
 # %% ../nbs/09_trainer.ipynb #9cef4257
 class StandardTrainer(BaseTrainer):
