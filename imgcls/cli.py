@@ -152,14 +152,14 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #6f4cb753
+# %% ../nbs/90_cli.ipynb #05831253
 _NAMED = ('batch_size', 'lr', 'num_epochs', 'fold', 'num_workers', 'device', 'seed')
 
 def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
           batch_size:int=None, # training.batch_size (per device under accelerate)
           lr:float=None, # optimizer.lr
           num_epochs:int=None, # training.num_epochs
-          fold:int=None, # data.fold
+          fold:str=None, # data.fold: a fold number, or all to cross-validate over every fold
           num_workers:int=None, # data.num_workers
           device:str=None, # training.device (cuda, cuda:N, cpu, mps)
           seed:int=None, # seed
@@ -169,12 +169,25 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
          ):
     "Train a model as the config says, then evaluate it on the test set."
     from imgcls.config import FLAG_KEYS, load_config, parse_overrides
+    from imgcls.core import ConfigError
     from imgcls.trainer import train as _train
+    cv = fold == 'all'
+    if fold is not None and not cv:
+        try: fold = int(fold)
+        except ValueError:
+            raise ConfigError(f"--fold must be a fold number or all, got '{fold}'") from None
+    if cv and resume:
+        raise ConfigError('--resume continues one run; it does not combine with --fold all')
     ov = {FLAG_KEYS[k]: v
-          for k, v in zip(_NAMED, (batch_size, lr, num_epochs, fold, num_workers, device, seed))
+          for k, v in zip(_NAMED, (batch_size, lr, num_epochs, None if cv else fold, num_workers,
+                                   device, seed))
           if v is not None}
     ov.update(parse_overrides(overrides or []))
     cfg = load_config(config, ov)
+    if cv:
+        from imgcls.crossval import cross_validate, cv_text
+        print(cv_text(cross_validate(cfg, overrides=ov)), end='')
+        return
     t = _train(cfg, overrides=ov, resume=resume, force_resume=force_resume)
     s = t.summary
     print(f"test accuracy {s['test']['acc']:.4f}, "
