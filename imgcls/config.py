@@ -103,7 +103,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #0c7a72a3
+# %% ../nbs/01_config.ipynb #cd82604a
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -114,6 +114,7 @@ _RULES = {
     'data.bad_images': dict(choices=['skip', 'error']),
     'data.cache': dict(choices=['auto', 'memory', 'none']), 'data.cache_max_gb': dict(min=0),
     'data.pin_memory': dict(choices=['auto', True, False]),
+    'data.sampler': dict(choices=['random', 'balanced']),
     'augmentation.scale': dict(len=2), 'augmentation.horizontal_flip': _P,
     'augmentation.vertical_flip': _P, 'augmentation.random_erasing': _P,
     'augmentation.rotation': dict(min=0, max=180), 'augmentation.color_jitter': dict(min=0),

@@ -20,7 +20,8 @@ from .splits import SPLITS, check_splits, read_index
 
 # %% auto #0
 __all__ = ['base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
-           'get_datasets', 'EpochSampler', 'resolve_workers', 'get_dataloaders', 'denormalize', 'show_batch']
+           'get_datasets', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders', 'denormalize',
+           'show_batch']
 
 # %% ../nbs/05_data.ipynb #72d64317
 def base_transform(img, # a PIL image, already RGB
@@ -195,7 +196,7 @@ def get_datasets(cfg:Config, # the resolved configuration
                     f'({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
     return out
 
-# %% ../nbs/05_data.ipynb #4f773585
+# %% ../nbs/05_data.ipynb #aec3c988
 class EpochSampler(Sampler):
     "Random permutation of `n` items, seeded by `seed + epoch`: reproducible across a resume."
     def __init__(self, n:int, seed:int=0):
@@ -207,6 +208,18 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
 
+class BalancedSampler(EpochSampler):
+    "Draws `n` items an epoch with replacement, every class equally likely (seed `seed + epoch`)."
+    def __init__(self, targets:list, seed:int=0):
+        super().__init__(len(targets), seed)
+        t = torch.as_tensor(targets)
+        self.weights = (1.0 / torch.bincount(t).clamp(min=1).double())[t]
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        return iter(idx[self.start:].tolist())
+
+# %% ../nbs/05_data.ipynb #69379a3a
 def _pin(cfg):
     pm = cfg.data.pin_memory
     return (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
@@ -235,7 +248,9 @@ def get_dataloaders(cfg:Config, # the resolved configuration
         if s == 'train':
             # own generator: worker seeds come from it (re-seeded each epoch by the trainer), and
             # making an iterator never draws from the global RNG, which a resumed run restores
-            out[s] = DataLoader(ds, bs, sampler=EpochSampler(len(ds), cfg.seed),
+            sampler = (BalancedSampler(ds.targets, cfg.seed) if cfg.data.sampler == 'balanced'
+                       else EpochSampler(len(ds), cfg.seed))
+            out[s] = DataLoader(ds, bs, sampler=sampler,
                                 drop_last=len(ds) % bs == 1,
                                 generator=torch.Generator().manual_seed(cfg.seed), **kw)
         else: out[s] = DataLoader(ds, bs, shuffle=False, **kw)
