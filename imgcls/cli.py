@@ -108,7 +108,7 @@ def sample_data(dest:str='data/digits', # dataset folder to create (images go to
 
 def ml_sample_data(argv=None): return run_cli(sample_data, 'ml-sample-data', argv, pos=('dest',))
 
-# %% ../nbs/90_cli.ipynb #67390df9
+# %% ../nbs/90_cli.ipynb #8254fda7
 def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
           folds:int=5, # number of cross-validation folds (1: one train/val split)
           test_ratio:float=0.2, # share of each class kept for the shared test set
@@ -116,6 +116,8 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
           seed:int=42, # random seed; the same seed and data give the same split files
           bad_images:str='skip', # skip: leave out and list files that do not decode; error: refuse
           force:bool=False, # replace existing splits made from other data or settings (kept aside)
+          group_by:str=None, # regex over the path: images with the same match stay in one split
+          dedupe:bool=False, # keep one copy of identical images
          ):
     ("Write a stratified shared test set and K stratified train/val folds "
      "as index files in data/NAME/splits/.")
@@ -123,7 +125,7 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
     from imgcls.splits import make_splits
     setup_logging()
     res = make_splits(raw_data, folds=folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
-                      bad_images=bad_images, force=force)
+                      bad_images=bad_images, force=force, group_by=group_by, dedupe=dedupe)
     m = res.manifest
     if not res.written: return 0
     n_val = sum(1 for _ in open(res.splits_dir/'fold_0_val.txt'))

@@ -55,8 +55,9 @@ def unwrap_model(model, # a torch module, maybe wrapped for DDP, Opacus or torch
         model = inner
     return model
 
-# %% ../nbs/12_export.ipynb #d8823426
-_JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std', 'opset')
+# %% ../nbs/12_export.ipynb #81150c8f
+_JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std', 'opset',
+              'temperature')
 
 def _props(meta:dict) -> dict:
     "`meta` as ONNX metadata_props strings: lists and numbers as JSON, strings as they are."
@@ -117,7 +118,7 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
         raise ExportError(f'the ONNX model is too large for one file ({_first_line(e)}); '
                           'ml-export does not write external weight files') from None
 
-# %% ../nbs/12_export.ipynb #c4bcd4bb
+# %% ../nbs/12_export.ipynb #572f6612
 def _load(checkpoint) -> tuple:
     "The checkpoint's model (CPU, `eval()`) and the checkpoint; torch is imported only here."
     from imgcls.models import model_from_checkpoint
@@ -148,7 +149,8 @@ def export_metadata(ck:dict, # a loaded checkpoint
             'num_classes': len(ck['classes']), 'input_size': list(hw), 'resize_size': r,
             'mean': [float(v) for v in a['mean']], 'std': [float(v) for v in a['std']],
             'input_name': INPUT_NAME, 'output_name': OUTPUT_NAME,
-            'trainer_type': str(ck.get('trainer_type', '')), 'checkpoint': str(checkpoint or '')}
+            'trainer_type': str(ck.get('trainer_type', '')), 'checkpoint': str(checkpoint or ''),
+            'temperature': float(ck.get('temperature', 1.0))}
 
 def default_output(checkpoint, # the .pt file
                    output=None, # what the user asked for: a file, a folder, or None
@@ -196,7 +198,7 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_export.ipynb #37e17f15
+# %% ../nbs/12_export.ipynb #db31db1d
 def softmax(z:np.ndarray) -> np.ndarray:
     "Softmax over the last axis, computed stably."
     e = np.exp(z - z.max(-1, keepdims=True))
@@ -250,8 +252,8 @@ class OnnxPredictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_proba(self, images, batch_size:int=32) -> np.ndarray:
-        "Class probabilities (N, classes) for `images`."
-        return softmax(self.logits(images, batch_size))
+        "Class probabilities (N, classes) for `images`, calibrated by the file's temperature."
+        return softmax(self.logits(images, batch_size) / float(self.meta.get('temperature', 1.0)))
 
     def predict(self, images, # a path or PIL image, or a list of them
                 top_k:int=5, # classes to report for each image (at most the number of classes)
