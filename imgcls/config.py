@@ -252,7 +252,7 @@ def validate_config(cfg:dict, # the merged configuration
                               f"{{type: {'TPESampler' if sec == 'sampler' else 'MedianPruner'}}}")
     return cfg
 
-# %% ../nbs/01_config.ipynb #1bc0250a
+# %% ../nbs/01_config.ipynb #efbddc05
 FLAG_KEYS = {'batch_size': 'training.batch_size', 'lr': 'optimizer.lr',
              'num_epochs': 'training.num_epochs', 'fold': 'data.fold',
              'num_workers': 'data.num_workers', 'device': 'training.device', 'seed': 'seed'}
@@ -277,7 +277,8 @@ def _merge(base:dict, new:dict, prefix:str=''):
      "(`data:` with every key commented out, read as null) keeps its defaults.")
     for k, v in new.items():
         key = f'{prefix}{k}'
-        if isinstance(v, dict) and isinstance(base.get(k), dict): _merge(base[k], v, key + '.')
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and key not in _FREE:
+            _merge(base[k], v, key + '.')  # free-form sections (search space...) are replaced whole
         elif v is None and isinstance(base.get(k), dict) and key not in _FREE: continue
         else: base[k] = v
     return base
