@@ -43,3 +43,127 @@ def tiny_split(tmp_path, _tiny_split_pristine) -> Path:
     d = tmp_path / 'data' / 'tiny'
     shutil.copytree(_tiny_split_pristine, d)
     return d
+
+
+# ---------------------------------------------------------------- the fault suite's figure
+#
+# Tests marked `@pytest.mark.fault` feed one FAULTS.md line to imgcls. Each one run counts as a
+# fault tried; one that passes counts as handled as promised (a failure, an error or an expected
+# failure of a known bug does not). Fault tests report, through the `lost_bytes` fixture, the bytes
+# of files written before the fault that changed or vanished. At the end of the session one line
+# gives the figure: `fault suite: N faults tried, N handled as promised, 0 bytes lost`.
+# The counts travel in each test's `user_properties`, so they also add up under pytest-xdist.
+
+_FAULT_PROP, _LOST_PROP = 'imgcls_fault', 'imgcls_lost_bytes'
+
+
+class LostBytes:
+    """Watch files written before a fault; `check` says how many of their bytes changed or vanished
+    (the size before, of each file whose content changed or that is gone) and records the number
+    for the session's figure. Files added meanwhile are not losses."""
+
+    def __init__(self, node):
+        self._node, self._watched = node, {}
+
+    def watch(self, *paths) -> dict:
+        "Remember the files under each of `paths`; returns the first one's `tree_hash`."
+        from helpers import tree_hash
+        first = None
+        for p in paths:
+            p = Path(p)
+            files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file())
+            sizes = {('.' if f == p else f.relative_to(p).as_posix()): f.stat().st_size
+                     for f in files}
+            h = tree_hash(p)
+            assert set(h) == set(sizes), f'{p} changed while it was being read'
+            self._watched[p] = (h, sizes)
+            if first is None: first = h
+        return first
+
+    def watch_snapshot(self, path, hashes: dict, sizes: dict):
+        "Watch `path` as another process saw it before a fault: its `tree_hash` and file sizes."
+        assert set(hashes) == set(sizes), 'a snapshot needs the hash and the size of each file'
+        self._watched[Path(path)] = (dict(hashes), dict(sizes))
+
+    def check(self, *paths) -> int:
+        "Bytes lost under `paths` (default: everything watched) since `watch`; recorded, returned."
+        from helpers import tree_hash
+        paths = [Path(p) for p in paths] or list(self._watched)
+        lost = 0
+        for p in paths:
+            before, sizes = self._watched.pop(p)
+            after = tree_hash(p)
+            lost += sum(sizes[f] for f, h in before.items() if after.get(f) != h)
+        self._node.user_properties.append((_LOST_PROP, lost))
+        return lost
+
+    @property
+    def pending(self) -> list:
+        return list(self._watched)
+
+
+@pytest.fixture
+def lost_bytes(request) -> LostBytes:
+    "Watch what a fault test wrote before the fault: `lost_bytes.watch(path)`, then `check()`."
+    lb = LostBytes(request.node)
+    yield lb
+    assert not lb.pending, f'lost_bytes: watched but never checked: {lb.pending}'
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker('fault') is not None:
+            item.user_properties.append((_FAULT_PROP, True))
+
+
+class _FaultFigure:
+    def __init__(self):
+        self.tests = {}   # nodeid -> {'tried': bool, 'failed': bool, 'passed': bool}
+        self.lost = 0
+
+    def pytest_runtest_logreport(self, report):
+        props = dict(report.user_properties)
+        if not props.get(_FAULT_PROP): return
+        t = self.tests.setdefault(report.nodeid, dict(tried=False, failed=False, passed=False))
+        xfailed = hasattr(report, 'wasxfail')
+        skipped = report.skipped and not xfailed          # a skip is not a fault tried
+        if (report.when == 'call' and not skipped) or report.failed or xfailed:
+            t['tried'] = True
+        if report.failed or (report.skipped and xfailed): t['failed'] = True   # a known bug
+        if report.when == 'call' and report.passed: t['passed'] = True
+        if report.when == 'teardown':
+            self.lost += sum(v for k, v in report.user_properties if k == _LOST_PROP)
+
+    def line(self) -> str:
+        tried = sum(t['tried'] for t in self.tests.values())
+        handled = sum(t['tried'] and t['passed'] and not t['failed'] for t in self.tests.values())
+        return (f'fault suite: {tried} faults tried, {handled} handled as promised, '
+                f'{self.lost} bytes lost')
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.write_line(self.line())
+
+
+def pytest_configure(config):
+    if not hasattr(config, 'workerinput'):     # the controller, or a run without xdist
+        config.pluginmanager.register(_FaultFigure(), 'imgcls-fault-figure')
+
+
+@pytest.fixture(scope='session')
+def _tiny_run_pristine(tmp_path_factory, _tiny_split_pristine) -> Path:
+    "A project: data/tiny (2 folds), configs/tiny_config.yaml, and runs/tiny_fold_0 (1 epoch)."
+    from helpers import assert_ok, run, tiny_config
+    root = tmp_path_factory.mktemp('tiny_run')
+    shutil.copytree(_tiny_split_pristine, root / 'data' / 'tiny')
+    cfg = tiny_config(root, training__num_epochs=1)
+    assert_ok(run(['ml-train', '--config', cfg.relative_to(root)], root))
+    assert (root / 'runs' / 'tiny_fold_0' / 'weights' / 'best.pt').is_file()
+    return root
+
+
+@pytest.fixture
+def tiny_run(tmp_path, _tiny_run_pristine) -> Path:
+    "A fresh copy of the `_tiny_run_pristine` project (run commands with cwd=tiny_run)."
+    d = tmp_path / 'project'
+    shutil.copytree(_tiny_run_pristine, d)
+    return d

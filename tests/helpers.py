@@ -79,6 +79,27 @@ def assert_usage_error(res: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+def tiny_config(root, path='configs/tiny_config.yaml', **over) -> Path:
+    """Write the small training config the fault tests use (data/tiny, 16px, simple_cnn, 2 epochs
+    on the CPU) at `root/path`; `over` sets `section__key=value` (`training__num_epochs=1`) or a
+    top-level `key=value`."""
+    import yaml
+    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
+           'augmentation': {'horizontal_flip': 0.0},
+           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
+           'optimizer': {'lr': 0.05},
+           'training': {'num_epochs': 2, 'batch_size': 16, 'device': 'cpu'}}
+    for k, v in over.items():
+        if '__' not in k: cfg[k] = v
+        else:
+            sec, key = k.split('__')
+            cfg.setdefault(sec, {})[key] = v
+    p = Path(root) / path
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
 def tree_hash(path) -> dict:
     "`{relative path: sha256}` of every file under `path` ({} when it does not exist)."
     path = Path(path)

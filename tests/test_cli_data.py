@@ -98,21 +98,25 @@ def test_split_again_with_same_settings_changes_nothing(digits):
     assert tree_hash(digits['data'] / 'splits') == before
 
 
-def test_split_with_other_settings_is_refused_without_force(digits):
-    before = tree_hash(digits['data'] / 'splits')
+@pytest.mark.fault
+def test_split_with_other_settings_is_refused_without_force(digits, lost_bytes):
+    before = lost_bytes.watch(digits['data'] / 'splits')
     res = run(['ml-split', '--raw_data', 'data/digits/raw', '--folds', FOLDS, '--seed', 7],
               digits['cwd'])
     assert_clean_error(res, 'data/digits/splits', '--force')
     assert tree_hash(digits['data'] / 'splits') == before
+    assert lost_bytes.check() == 0
     assert not list(digits['data'].glob('splits.old-*'))
 
 
-def test_sample_data_refuses_a_non_empty_folder(digits):
+@pytest.mark.fault
+def test_sample_data_refuses_a_non_empty_folder(digits, lost_bytes):
     raw = digits['data'] / 'raw'
-    before = tree_hash(raw)
+    before = lost_bytes.watch(raw)
     res = run(['ml-sample-data', 'data/digits'], digits['cwd'])
     assert_clean_error(res, 'data/digits/raw', 'not empty')
     assert tree_hash(raw) == before
+    assert lost_bytes.check() == 0
 
 
 def test_init_config_then_optuna_needs_force(digits):
@@ -176,14 +180,16 @@ def test_split_same_seed_same_files_other_seed_other_files(tiny, tmp_path):
     assert all(tr | va | test == raw_files(other) for tr, va in folds)
 
 
-def test_split_after_adding_an_image_is_refused_then_forced(tiny_split, tmp_path):
+@pytest.mark.fault
+def test_split_after_adding_an_image_is_refused_then_forced(tiny_split, tmp_path, lost_bytes):
     from PIL import Image
-    before = tree_hash(tiny_split / 'splits')
+    before = lost_bytes.watch(tiny_split / 'splits')
     src = tiny_split / 'raw' / '3' / sorted(p.name for p in (tiny_split / 'raw' / '3').iterdir())[0]
     Image.open(src).rotate(90).save(tiny_split / 'raw' / '3' / 'new.png')
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--seed', 0], tmp_path)
     assert_clean_error(res, 'data/tiny/splits', '--force')
     assert tree_hash(tiny_split / 'splits') == before
+    assert lost_bytes.check() == 0
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--seed', 0, '--force'],
               tmp_path)
     assert_ok(res)
@@ -194,6 +200,7 @@ def test_split_after_adding_an_image_is_refused_then_forced(tiny_split, tmp_path
 
 # ------------------------------------------------------------------ bad arguments
 
+@pytest.mark.fault
 @pytest.mark.parametrize('args, needles', [
     (['--folds', '0'], ['--folds', '0']),
     (['--test-ratio', '1.5'], ['--test_ratio', '1.5']),
@@ -207,6 +214,7 @@ def test_split_bad_values_clear_error_nothing_written(tiny, tmp_path, args, need
     assert not list(tiny.glob('.splits.tmp-*'))
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('args, needles', [
     (['--raw_data', 'data/tiny/raw', '--folds', 'abc'], ['--folds', 'abc']),
     (['--raw_data', 'data/tiny/raw', '--colour', 'red'], ['--colour']),
@@ -219,30 +227,35 @@ def test_split_malformed_arguments_usage_error(tiny, tmp_path, args, needles):
     assert not (tiny / 'splits').exists()
 
 
+@pytest.mark.fault
 def test_split_missing_raw_folder(tmp_path):
     res = run(['ml-split', '--raw_data', 'data/nope/raw'], tmp_path)
     assert_clean_error(res, 'data/nope/raw', 'no such folder')
     assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.fault
 def test_debug_shows_the_traceback(tmp_path):
     res = run(['ml-split', '--raw_data', 'data/nope/raw', '--debug'], tmp_path)
     assert res.returncode != 0
     assert 'Traceback' in res.stderr and 'DataError' in res.stderr and 'data/nope/raw' in res.stderr
 
 
+@pytest.mark.fault
 def test_split_given_the_dataset_folder_instead_of_raw(tiny, tmp_path):
     res = run(['ml-split', '--raw_data', 'data/tiny', '--folds', 2], tmp_path)
     assert not (tmp_path / 'data' / 'splits').exists(), show(res)
     assert_clean_error(res, 'data/tiny')
 
 
+@pytest.mark.fault
 def test_init_config_missing_dataset(tmp_path):
     res = run(['ml-init-config', 'data/nope'], tmp_path)
     assert_clean_error(res, 'data/nope')
     assert not (tmp_path / 'configs' / 'nope_config.yaml').exists()
 
 
+@pytest.mark.fault
 def test_init_config_empty_class_folder(tiny, tmp_path):
     (tiny / 'raw' / 'zz_none').mkdir()
     (tiny / 'raw' / 'zz_none' / '.DS_Store').write_bytes(b'junk')

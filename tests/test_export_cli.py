@@ -211,6 +211,7 @@ def test_input_size_is_honoured(project):
 
 # ------------------------------------------------------------------ faults
 
+@pytest.mark.fault
 def test_corrupt_checkpoint_is_one_clear_error(project):
     ck = project / RUN / 'weights' / 'best.pt'
     ck.write_bytes(ck.read_bytes()[:2000])
@@ -223,6 +224,7 @@ def test_corrupt_checkpoint_is_one_clear_error(project):
     assert_clean_error(res, 'no checkpoint matches nowhere/*/best.pt')
 
 
+@pytest.mark.fault
 def test_glob_batch_goes_on_past_a_corrupt_checkpoint(project):
     bad = project / 'runs' / 'broken' / 'weights' / 'best.pt'
     bad.parent.mkdir(parents=True)
@@ -259,6 +261,7 @@ sys.exit(E.ml_export(sys.argv[1:]))
 '''
 
 
+@pytest.mark.fault
 def test_a_mismatch_fails_comprehensive_validate_with_the_numbers(project):
     ck = project / RUN / 'weights' / 'best.pt'
     res = run_py(TAMPER, project, '--checkpoint', f'{RUN}/weights/best.pt',
@@ -273,6 +276,7 @@ def test_a_mismatch_fails_comprehensive_validate_with_the_numbers(project):
     assert c['model']['top1_agreement'] < 0.99 and len(rep['failures']) == 4
 
 
+@pytest.mark.fault
 def test_bad_thresholds_are_refused(project):
     res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--comprehensive-validate',
                '--min_agreement', '1.5'], project)
@@ -301,6 +305,7 @@ torch.save({**load_checkpoint(sys.argv[1]), 'model': ddp, 'trainer_type': 'accel
 '''
 
 
+@pytest.mark.fault
 def test_dp_and_ddp_shaped_checkpoints_export(project):
     pytest.importorskip('opacus')
     w = project / RUN / 'weights'

@@ -27,6 +27,7 @@ def refused(path, overrides=None) -> str:
     return msg
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('text, needles', [
     ('optimizer:\n  lrr: 0.01\n', ["'optimizer.lrr'", "'optimizer.lr'"]),
     ('trainning:\n  batch_size: 8\n', ["'trainning.batch_size'", "'training.batch_size'"]),
@@ -41,6 +42,7 @@ def test_unknown_key_names_it_and_the_nearest_valid_key(tmp_path, text, needles)
     for n in needles: assert n in msg, msg
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('text, needles', [
     ('optimizer:\n  lr: "1e-3"\n', ['optimizer.lr', "'1e-3'", 'without quotes']),
     ('optimizer:\n  lr: .nan\n', ['optimizer.lr']),
@@ -70,6 +72,7 @@ def test_unquoted_exponent_is_a_number(tmp_path):
     assert cfg.optimizer.lr == 0.001 and cfg.training.dp.target_delta == 1e-5
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('text, line', [
     ('optimizer:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.2\n', 4),
     ('seed: 1\ndata:\n  fold: 0\nseed: 2\n', 4),
@@ -80,6 +83,7 @@ def test_duplicate_keys_are_refused_with_the_line(tmp_path, text, line):
     assert str(p) in msg and 'duplicate key' in msg and f'line {line}' in msg, msg
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('tag', ['!!python/object/apply:os.system', '!!python/object:os.system',
                                  '!!python/name:os.system'])
 def test_python_tags_are_refused_and_never_run(tmp_path, tag):
@@ -90,6 +94,7 @@ def test_python_tags_are_refused_and_never_run(tmp_path, tag):
     assert not marker.exists()
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('text, needle', [
     ('- a\n- b\n', 'mapping'),
     ('data:\n\tfold: 1\n', 'line 2'),
@@ -101,6 +106,7 @@ def test_malformed_files(tmp_path, text, needle):
     assert str(p) in msg and needle in msg, msg
 
 
+@pytest.mark.fault
 def test_missing_and_binary_files(tmp_path):
     assert 'no such config file' in refused(tmp_path / 'nope.yaml')
     p = tmp_path / 'bin.yaml'
@@ -112,6 +118,7 @@ def test_empty_file_is_the_defaults(tmp_path):
     assert load_config(write(tmp_path, '')) == load_config(None)
 
 
+@pytest.mark.fault
 def test_overrides_are_checked_like_the_file(tmp_path):
     msg = refused(None, {'training.batchsize': 8})
     assert "'training.batchsize'" in msg and "'training.batch_size'" in msg, msg
@@ -136,11 +143,13 @@ def test_empty_section_is_not_an_unknown_key(tmp_path):
     assert ok
 
 
+@pytest.mark.fault
 def test_infinite_lr_is_refused(tmp_path):
     msg = refused(write(tmp_path, 'optimizer:\n  lr: .inf\n'))
     assert 'optimizer.lr' in msg
 
 
+@pytest.mark.fault
 def test_bad_override_value_is_blamed_on_the_override(tmp_path):
     p = write(tmp_path, 'seed: 1\n')
     msg = refused(p, {'training.batch_size': 0})
@@ -176,6 +185,7 @@ def check_cmd(tmp_path):
                                         capture_output=True, text=True, env=env())
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('text, needles', [
     ('optimizer:\n  lrr: 0.01\n', ['bad.yaml', "'optimizer.lrr'", "'optimizer.lr'"]),
     ('optimizer:\n  lr: "1e-3"\n', ['bad.yaml', 'optimizer.lr', "'1e-3'"]),

@@ -41,6 +41,7 @@ def test_fixture_has_the_intended_modes(damaged):
                      'gray16.png': ('I;16', None), 'exif.jpg': ('RGB', 6)}
 
 
+@pytest.mark.fault
 def test_skip_lists_each_bad_file_by_path_on_stderr(damaged):
     res = damaged['skip']
     assert_ok(res)
@@ -50,6 +51,7 @@ def test_skip_lists_each_bad_file_by_path_on_stderr(damaged):
     assert '4 file(s) rejected' in res.stdout
 
 
+@pytest.mark.fault
 def test_skip_ignores_hidden_and_non_image_files(damaged):
     res = damaged['skip']
     out = res.stdout + res.stderr
@@ -57,6 +59,7 @@ def test_skip_ignores_hidden_and_non_image_files(damaged):
         assert word not in out, f'{word} was mentioned\n{show(res)}'
 
 
+@pytest.mark.fault
 def test_skip_split_files_hold_the_good_and_odd_mode_images_only(damaged):
     d = damaged['data']
     test, folds = split_sets(d / 'splits', 2)
@@ -67,6 +70,7 @@ def test_skip_split_files_hold_the_good_and_odd_mode_images_only(damaged):
     assert m['n_images'] == len(want) == 20
 
 
+@pytest.mark.fault
 def test_error_policy_refuses_listing_every_bad_file(damaged):
     line = assert_clean_error(damaged['err'], *sorted(damaged['files']['bad']))
     assert '4 unusable' in line
@@ -74,14 +78,17 @@ def test_error_policy_refuses_listing_every_bad_file(damaged):
     assert not (d / 'splits').exists() and not list(d.glob('.splits.tmp-*'))
 
 
-def test_error_policy_refuses_even_when_skip_splits_are_up_to_date(damaged):
-    before = tree_hash(damaged['data'] / 'splits')
+@pytest.mark.fault
+def test_error_policy_refuses_even_when_skip_splits_are_up_to_date(damaged, lost_bytes):
+    before = lost_bytes.watch(damaged['data'] / 'splits')
     res = run(['ml-split', '--raw_data', 'data/bad/raw', '--folds', 2, '--bad_images', 'error'],
               damaged['cwd'])
     assert tree_hash(damaged['data'] / 'splits') == before
+    assert lost_bytes.check() == 0
     assert_clean_error(res, *sorted(damaged['files']['bad']))
 
 
+@pytest.mark.fault
 def test_scan_and_list_ignore_hidden_files(damaged):
     raw = damaged['data'] / 'raw'
     listed = {p.relative_to(raw.parent).as_posix() for p in list_image_files(raw)}
@@ -92,6 +99,7 @@ def test_scan_and_list_ignore_hidden_files(damaged):
     assert {p for p, _ in scan.rejected} == f['bad']
 
 
+@pytest.mark.fault
 def test_check_image_reasons(damaged):
     d = damaged['data']
     for path, why in REASONS.items():
@@ -100,6 +108,7 @@ def test_check_image_reasons(damaged):
     for path in damaged['files']['odd']: assert check_image(d / path).ok, path
 
 
+@pytest.mark.fault
 def test_load_image_converts_odd_modes_to_rgb(damaged):
     a = damaged['data'] / 'raw' / 'a'
     cmyk = load_image(a / 'cmyk.jpg')
@@ -112,6 +121,7 @@ def test_load_image_converts_odd_modes_to_rgb(damaged):
     assert (g[1:, 5] == 0).all() and (g[:, 15] == 128).all() and (g[:, 25] == 255).all()
 
 
+@pytest.mark.fault
 def test_exif_orientation_applied_in_loading_and_checking(damaged):
     # (the datasets' use of it is checked in test_public_api, which imports torch anyway)
     d = damaged['data']
@@ -120,6 +130,7 @@ def test_exif_orientation_applied_in_loading_and_checking(damaged):
     assert check_image(d / 'raw' / 'a' / 'exif.jpg').size == (20, 30)
 
 
+@pytest.mark.fault
 def test_truncated_images_are_never_loaded_globally(damaged):
     import imgcls.images, imgcls.splits  # noqa: F401
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
@@ -128,6 +139,7 @@ def test_truncated_images_are_never_loaded_globally(damaged):
 
 # ------------------------------------------------------------------ class folders
 
+@pytest.mark.fault
 def test_empty_class_folder_is_refused_before_splitting(tiny, tmp_path):
     (tiny / 'raw' / 'zz_none').mkdir()
     (tiny / 'raw' / 'zz_none' / '.DS_Store').write_bytes(b'junk')
@@ -144,6 +156,7 @@ def _only_bad_class(tiny):
     (c / 'text.jpg').write_text('no image')
 
 
+@pytest.mark.fault
 def test_class_of_only_bad_files_is_refused(tiny, tmp_path):
     _only_bad_class(tiny)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
@@ -151,6 +164,7 @@ def test_class_of_only_bad_files_is_refused(tiny, tmp_path):
     assert not (tiny / 'splits').exists()
 
 
+@pytest.mark.fault
 def test_class_of_only_bad_files_lists_them(tiny, tmp_path):
     _only_bad_class(tiny)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
@@ -158,6 +172,7 @@ def test_class_of_only_bad_files_lists_them(tiny, tmp_path):
     assert 'raw/zz_bad/zero.png' in res.stderr and 'raw/zz_bad/text.jpg' in res.stderr, show(res)
 
 
+@pytest.mark.fault
 def test_class_too_small_for_the_folds_is_refused(tiny, tmp_path):
     make_good_class(tiny / 'raw' / 'zz_small', 3, seed=5, w=16, h=16)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 5], tmp_path)
@@ -183,6 +198,7 @@ def duplicates(tmp_path_factory, _tiny_pristine):
                 manifest=json.loads((d / 'splits' / 'manifest.json').read_text()))
 
 
+@pytest.mark.fault
 def test_duplicates_across_classes_reported_at_split_time(duplicates):
     res = duplicates['res']
     assert_ok(res)
@@ -196,6 +212,7 @@ def test_duplicates_across_classes_reported_at_split_time(duplicates):
                                             for ln in res.stderr.splitlines()), g
 
 
+@pytest.mark.fault
 def test_every_duplicate_group_counted_is_listed(duplicates):
     res = duplicates['res']
     groups = duplicates['manifest']['duplicates']
@@ -204,9 +221,28 @@ def test_every_duplicate_group_counted_is_listed(duplicates):
         assert any(all(p in ln for p in g['paths']) for ln in res.stderr.splitlines()), g
 
 
+@pytest.mark.fault
+def test_duplicates_across_test_and_train_val_reported_at_split_time(tiny, tmp_path):
+    # a class of five copies of one image: one copy goes to test, the others to train/val
+    c = tiny / 'raw' / 'zz_same'
+    make_good_class(c, 1, seed=11, w=16, h=16)
+    for i in range(1, 5): shutil.copy(c / 'good_0.png', c / f'copy_{i}.png')
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
+    assert_ok(res)
+    paths = sorted(f'raw/zz_same/{p.name}' for p in c.iterdir())
+    lines = [ln for ln in res.stderr.splitlines() if all(p in ln for p in paths)]
+    assert len(lines) == 1 and 'across test and train/val' in lines[0], show(res)
+    m = json.loads((tiny / 'splits' / 'manifest.json').read_text())
+    [g] = [g for g in m['duplicates'] if sorted(g['paths']) == paths]
+    assert 'test' in g['splits'] and len(g['splits']) > 1 and g['leak_folds'] == [0, 1], g
+    test = set(read_lines(tiny / 'splits' / 'test.txt'))
+    assert len(test & set(paths)) == 1      # reported, and still used
+
+
 # ------------------------------------------------------------------ replacing splits
 
-def test_force_when_the_backup_name_is_taken_is_clean(tiny_split, tmp_path):
+@pytest.mark.fault
+def test_force_when_the_backup_name_is_taken_is_clean(tiny_split, tmp_path, lost_bytes):
     before = tree_hash(tiny_split / 'splits')
     now, taken = datetime.datetime.now(), []
     for s in range(-5, 180):       # every name a backup made in the next three minutes could take
@@ -214,6 +250,7 @@ def test_force_when_the_backup_name_is_taken_is_clean(tiny_split, tmp_path):
         taken.append(tiny_split / f'splits.old-{stamp}')
         taken[-1].mkdir()
         (taken[-1] / 'earlier.txt').write_text('an earlier backup\n')
+    lost_bytes.watch(*taken)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--seed', 9, '--force'],
               tmp_path)
     assert 'Traceback' not in res.stdout + res.stderr, show(res)
@@ -222,4 +259,5 @@ def test_force_when_the_backup_name_is_taken_is_clean(tiny_split, tmp_path):
     assert before in kept, 'the previous splits were lost'
     for p in taken:   # earlier backups untouched
         assert [f.name for f in p.iterdir()] == ['earlier.txt'], p
+    assert lost_bytes.check() == 0
     assert read_lines(tiny_split / 'splits' / 'test.txt')

@@ -135,6 +135,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.fault
 def test_bad_input_is_one_clear_line_and_writes_nothing(project):
     # as a user runs them: separate processes
     cases = [

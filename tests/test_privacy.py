@@ -13,14 +13,16 @@ from imgcls.checkpoint import load_checkpoint
 def test_dp_run_on_digits_keeps_its_budget_and_learns(tmp_path):
     assert_ok(run(['ml-sample-data', 'data/digits', '--size', '16'], tmp_path))
     assert_ok(run(['ml-split', '--raw_data', 'data/digits/raw', '--folds', '5'], tmp_path))
-    cfg = {'data': {'data_dir': 'data/digits', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
+    cfg = {'data': {'data_dir': 'data/digits', 'image_size': 16, 'resize_size': 16,
+                    'num_workers': 0},
            'augmentation': {'horizontal_flip': 0.0},
            'model': {'type': 'custom', 'custom_architecture': 'dp_cnn'},
            'optimizer': {'lr': 2.0, 'momentum': 0.0},
            'scheduler': {'type': 'none'},
            'training': {'trainer_type': 'dp', 'num_epochs': 10, 'batch_size': 128, 'device': 'cpu',
                         'early_stopping_patience': 0,
-                        'dp': {'target_epsilon': 3.0, 'target_delta': 1.0e-4, 'max_grad_norm': 1.0}}}
+                        'dp': {'target_epsilon': 3.0, 'target_delta': 1.0e-4,
+                               'max_grad_norm': 1.0}}}
     p = tmp_path / 'dp.yaml'
     p.write_text(yaml.safe_dump(cfg))
     res = run(['ml-train', '--config', p], tmp_path, timeout=900)

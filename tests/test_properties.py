@@ -8,6 +8,7 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,12 +53,14 @@ def _load(text: str):
             return None
 
 
+@pytest.mark.fault
 @SETTINGS
 @given(st.dictionaries(keys, values, max_size=6))
 def test_config_from_random_mappings(flat):
     _load(yaml.safe_dump(_nest(flat)))
 
 
+@pytest.mark.fault
 @SETTINGS
 @given(st.text(max_size=300))
 def test_config_from_random_text(text):
@@ -70,6 +73,7 @@ FRAGMENTS = ['data:', '  fold: 1', 'training:', '  batch_size: 0', '  lr: 1e-3',
              'data: null', '? complex', ': v', '%YAML 1.1', '---', '...']
 
 
+@pytest.mark.fault
 @SETTINGS
 @given(st.lists(st.sampled_from(FRAGMENTS), max_size=12))
 def test_config_from_yaml_fragments(lines):
@@ -82,6 +86,7 @@ line = st.one_of(st.text(max_size=40),
                                             '', 'sub/x.png'])))
 
 
+@pytest.mark.fault
 @SETTINGS
 @given(st.lists(line, max_size=10))
 def test_index_reader_on_random_lines(lines):

@@ -187,6 +187,7 @@ def test_each_pruner(tmp_path, tiny_split, monkeypatch, pruner):
 
 # ------------------------------------------------------------------- failures
 
+@pytest.mark.fault
 def test_failing_trials_are_fail_and_the_search_goes_on(tmp_path, tiny_split, monkeypatch):
     space = {'optimizer.lr': {'type': 'categorical', 'choices': [1.0e+30, 0.1]}}
     cfg = write_config(tmp_path, sampler={'type': 'GridSampler'}, search_space=space,
@@ -211,6 +212,7 @@ def test_failing_trials_are_fail_and_the_search_goes_on(tmp_path, tiny_split, mo
     assert states(load_search_study('all_bad')) == ['FAIL']
 
 
+@pytest.mark.fault
 def test_nan_metric_is_fail_not_complete(tmp_path, tiny_split, monkeypatch):
     from imgcls.trainer import Callback
 
@@ -224,6 +226,7 @@ def test_nan_metric_is_fail_not_complete(tmp_path, tiny_split, monkeypatch):
     assert states(study) == ['FAIL'] and study.trials[0].user_attrs['error'] == 'val_acc is nan'
 
 
+@pytest.mark.fault
 def test_bad_search_sections_are_refused_before_training(tmp_path, tiny_split):
     cases = [({'search_space': {'optimizer.lrr': {'type': 'uniform', 'low': 0.1, 'high': 1}}},
               ["unknown key 'optimizer.lrr'", "did you mean 'optimizer.lr'?"]),
@@ -238,6 +241,7 @@ def test_bad_search_sections_are_refused_before_training(tmp_path, tiny_split):
         assert not (tmp_path / 'runs').exists()
 
 
+@pytest.mark.fault
 def test_unreachable_storage_is_one_clear_line_with_the_password_masked(tmp_path, tiny_split):
     cfg = write_config(tmp_path)
     url = 'postgresql+psycopg2://imgcls:s3cret-pw@127.0.0.1:9/imgcls'   # nothing on port 9
@@ -264,6 +268,7 @@ def _finish(p: subprocess.Popen, timeout=600) -> subprocess.CompletedProcess:
 STORAGES = ['sqlite', pytest.param('postgresql', marks=needs_pg)]
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('kind', STORAGES)
 def test_two_workers_share_one_study(tmp_path, tiny_split, kind):
     "Two ml-search processes on one study (PostgreSQL, or SQLite for a few on one machine)."
@@ -295,6 +300,7 @@ def test_two_workers_share_one_study(tmp_path, tiny_split, kind):
         if kind == 'postgresql': optuna.delete_study(study_name=name, storage=PG_URL)
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize('kind', STORAGES)
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path, tiny_split, kind):
     name = f'heartbeat_{uuid.uuid4().hex[:10]}'

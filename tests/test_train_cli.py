@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import assert_clean_error, assert_ok, command, env, run, show, tree_hash
 
@@ -34,7 +35,8 @@ RUN_FILES = ['config.yaml', 'weights/best.pt', 'weights/last.pt', 'logs/train.lo
              'logs/metrics_test.json']
 
 
-def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split):
+@pytest.mark.fault
+def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split, lost_bytes):
     cfg = write_config(tmp_path)
     res = run(['ml-train', '--config', cfg, '--batch_size', '8', '--lr', '0.01'], tmp_path)
     assert_ok(res)
@@ -48,19 +50,22 @@ def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split)
     assert f"test accuracy {s['test']['acc']:.4f}" in res.stdout
     ck = load_checkpoint(rd / 'weights' / 'best.pt')
     assert ck['classes'] == [str(i) for i in range(10)]
-    before = tree_hash(rd)
+    before = lost_bytes.watch(rd)
     res = run(['ml-train', '--config', cfg, '--batch-size', '8', '--lr', '0.01'], tmp_path)
     assert_ok(res)
     assert (tmp_path / 'runs' / 'tiny_batch_8_lr_0.01_fold_0_2' / 'weights' / 'best.pt').is_file()
     assert tree_hash(rd) == before
+    assert lost_bytes.check() == 0
 
 
 def test_fold_and_dotted_overrides(tmp_path, tiny_split):
     cfg = write_config(tmp_path, training__num_epochs=1)
     res = run(['ml-train', '--config', cfg, '--fold', '1', '--set', 'optimizer.momentum=0.8',
                '--training.label_smoothing', '0.1'], tmp_path)
-    assert res.returncode == 1, show(res)  # training.label_smoothing is not a key: loss.label_smoothing
-    assert_clean_error(res, "unknown key 'training.label_smoothing'", "did you mean 'loss.label_smoothing'")
+    # training.label_smoothing is not a key: loss.label_smoothing
+    assert res.returncode == 1, show(res)
+    assert_clean_error(res, "unknown key 'training.label_smoothing'",
+                       "did you mean 'loss.label_smoothing'")
     res = run(['ml-train', '--config', cfg, '--fold', '1', '--set', 'optimizer.momentum=0.8',
                '--loss.label_smoothing', '0.1'], tmp_path)
     assert_ok(res)
@@ -69,13 +74,15 @@ def test_fold_and_dotted_overrides(tmp_path, tiny_split):
     assert saved['data']['fold'] == 1 and saved['loss']['label_smoothing'] == 0.1
 
 
+@pytest.mark.fault
 def test_bad_input_is_refused_before_any_work(tmp_path, tiny_split):
     cfg = write_config(tmp_path)
     cases = [
         (['--fold', '2'], ['fold 2 does not exist', 'folds 0, 1']),
         (['--batch_size', '0'], ['training.batch_size must be >= 1, got 0']),
         (['--set', 'training.num_epochs=-1'], ['training.num_epochs must be >= 1']),
-        (['--set', 'model.architecture=resnet19', '--set', 'model.type=base'], ["did you mean 'resnet18'"]),
+        (['--set', 'model.architecture=resnet19', '--set', 'model.type=base'],
+         ["did you mean 'resnet18'"]),
         (['--device', 'gpu0'], ["training.device 'gpu0' is not a device"]),
     ]
     for args, needles in cases:
@@ -83,9 +90,10 @@ def test_bad_input_is_refused_before_any_work(tmp_path, tiny_split):
         assert_clean_error(res, *needles)
     bad = tmp_path / 'configs' / 'bad.yaml'
     bad.write_text('data: {data_dir: data/tiny}\ntraining:\n  batchsize: 8\n')
-    assert_clean_error(run(['ml-train', '--config', bad], tmp_path),
-                       'bad.yaml', "unknown key 'training.batchsize'", "did you mean 'training.batch_size'")
-    assert_clean_error(run(['ml-train', '--config', tmp_path / 'nope.yaml'], tmp_path), 'no such config file')
+    assert_clean_error(run(['ml-train', '--config', bad], tmp_path), 'bad.yaml',
+                       "unknown key 'training.batchsize'", "did you mean 'training.batch_size'")
+    assert_clean_error(run(['ml-train', '--config', tmp_path / 'nope.yaml'], tmp_path),
+                       'no such config file')
     runs = tmp_path / 'runs'
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
 
@@ -100,7 +108,8 @@ def _wait_for_epoch(log: Path, epoch: int, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if log.exists() and f'epoch {epoch}/' in log.read_text(): return
-        if proc.poll() is not None: raise AssertionError(f'ml-train ended early: {proc.communicate()}')
+        if proc.poll() is not None:
+            raise AssertionError(f'ml-train ended early: {proc.communicate()}')
         time.sleep(0.05)
     raise AssertionError(f'no epoch {epoch} in {log} after {timeout}s')
 
@@ -116,22 +125,26 @@ def _interrupt(args, cwd, log, sig, after_epoch):
     return proc.returncode, out, err
 
 
-def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split):
+@pytest.mark.fault
+def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split, lost_bytes):
     cfg = write_config(tmp_path, training__num_epochs=500, training__early_stopping_patience=0)
     rd = tmp_path / 'runs' / 'tiny_fold_0'
     log, last = rd / 'logs' / 'train.log', rd / 'weights' / 'last.pt'
     code, out, err = _interrupt(['--config', cfg], tmp_path, log, signal.SIGINT, after_epoch=2)
     assert code == 130, (code, err)
-    assert 'Traceback' not in err and f'continue with --resume {last}'.replace(str(tmp_path) + '/', '') in err
+    assert 'Traceback' not in err
+    assert f'continue with --resume {last}'.replace(str(tmp_path) + '/', '') in err
     ck = load_checkpoint(last)
     first_stop = ck['epoch'] + ck['step_in_epoch'] / 100
     assert ck['epoch'] >= 2 and len(ck['history']) == ck['epoch']
 
     # a resume with a config that changed in a way that matters is refused, and changes nothing
-    before = tree_hash(rd / 'weights')
-    assert_clean_error(run(['ml-train', '--config', cfg, '--resume', last, '--lr', '0.5'], tmp_path),
+    before = lost_bytes.watch(rd / 'weights')
+    assert_clean_error(run(['ml-train', '--config', cfg, '--resume', last, '--lr', '0.5'],
+                           tmp_path),
                        'the config differs from the run being resumed', 'optimizer.lr: 0.05 -> 0.5')
     assert tree_hash(rd / 'weights') == before
+    assert lost_bytes.check() == 0
 
     # resumed in the same folder; SIGTERM stops it again with 143
     done = ck['epoch']
@@ -145,13 +158,14 @@ def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split):
 
     # finish it: fewer epochs is a change that matters, so it needs --force_resume
     target = ck2['epoch'] + 1
-    res = run(['ml-train', '--config', cfg, '--resume', last, '--num_epochs', target, '--force_resume'],
-              tmp_path)
+    res = run(['ml-train', '--config', cfg, '--resume', last, '--num_epochs', target,
+               '--force_resume'], tmp_path)
     assert_ok(res)
     s = json.loads((rd / 'summary.json').read_text())
     assert s['epochs_run'] == target and len(s['history']) == target
 
 
+@pytest.mark.fault
 def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_split):
     cfg = write_config(tmp_path, training__num_epochs=1)
     procs = [_start(['--config', cfg], tmp_path) for _ in range(2)]
