@@ -103,11 +103,11 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #cd82604a
+# %% ../nbs/01_config.ipynb #309732e3
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
-    'seed': dict(min=0), 'data.fold': dict(min=0),
+    'seed': dict(min=0), 'data.fold': dict(),  # range checked against the splits (lists the folds)
     'data.num_workers': dict(type=(int, str), min=0, choices_str=['auto']),
     'data.dataset_name': dict(type=str, null=True), 'data.image_size': dict(min=8),
     'data.resize_size': dict(type=int, min=8, null=True),

@@ -19,7 +19,7 @@ from .images import load_image, to_rgb
 __all__ = ['DEFAULT_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'REPORT_NAME', 'ExportError', 'unwrap_model', 'parse_metadata',
            'model_to_onnx', 'export_metadata', 'default_output', 'export_onnx', 'preprocess', 'softmax',
            'OnnxPredictor', 'validate_onnx', 'compare_with_pytorch', 'benchmark_onnx', 'format_benchmark',
-           'export_checkpoint', 'export', 'ml_export']
+           'export_checkpoint', 'ml_export']
 
 # %% ../nbs/12_export.ipynb #24dc7408
 class ExportError(ImgclsError):
@@ -555,7 +555,7 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train
         raise ExportError(f"{checkpoint}: {'; '.join(rep['failures'])}; {out} not written{where}")
     return rep
 
-# %% ../nbs/12_export.ipynb #029d369f
+# %% ../nbs/12_export.ipynb #d79c1f4a
 def _is_glob(s:str) -> bool: return any(c in s for c in '*?[')
 
 def _glob_root(pattern:str) -> Path:
@@ -590,6 +590,7 @@ def _describe(rep:dict) -> list[str]:
     if rep.get('report'): lines.append(f"report: {rep['report']}")
     return lines
 
+# %% ../nbs/12_export.ipynb #a1731c58
 def export(checkpoint:str, # a .pt file, or a quoted glob such as "runs/*/weights/best.pt"
            output:str=None, # the .onnx file (default: beside the checkpoint, best.pt -> best.onnx)
            opset:int=None, # ONNX opset (default 18; below 18 the TorchScript exporter is used)
@@ -646,6 +647,7 @@ def export(checkpoint:str, # a .pt file, or a quoted glob such as "runs/*/weight
         print(f"  ok     {r['checkpoint']} -> {r['onnx']}" if r['ok'] else f"  FAILED {r['error']}")
     return 0 if n_ok == len(results) else 1
 
+# %% ../nbs/12_export.ipynb #2786836c
 def ml_export(argv=None):
     "The `ml-export` console command."
     from imgcls.cli import run_cli

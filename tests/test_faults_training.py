@@ -243,8 +243,6 @@ def test_fold_outside_the_folds_lists_those_that_exist(tmp_path, tiny_split, fol
     assert not (tmp_path / 'runs').exists()
 
 
-@pytest.mark.xfail(strict=True, reason='a negative --fold is refused by the config check '
-                   '("data.fold must be >= 0, got -1"), which does not list the folds that exist')
 def test_negative_fold_lists_the_folds_that_exist(tmp_path, tiny_split):
     res = run(['ml-train', '--config', tiny_config(tmp_path), '--fold', '-1'], tmp_path)
     assert_clean_error(res, '-1', 'folds 0, 1')
