@@ -55,7 +55,7 @@ def unwrap_model(model, # a torch module, maybe wrapped for DDP, Opacus or torch
         model = inner
     return model
 
-# %% ../nbs/12_export.ipynb #81150c8f
+# %% ../nbs/12_export.ipynb #168132e4
 _JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std', 'opset',
               'temperature')
 
@@ -84,6 +84,9 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
                           f'{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})')
     h, w = (int(s) for s in input_size)
     net = copy.deepcopy(unwrap_model(model)).float().cpu().eval()
+    for m in net.modules():  # hooks are training instrumentation (Opacus's per-sample gradients)
+        for d in ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks'):
+            if getattr(m, d, None): getattr(m, d).clear()
     x = torch.randn(2, 3, h, w)
     proto, exporter, errors = None, None, []
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -495,7 +498,7 @@ def format_benchmark(b:dict) -> str:
     lines += [f'{r[0]:34} {r[1]:14.3f} {r[2]:14.3f} {r[3]:12.2f}x' for r in rows]
     return '\n'.join(lines)
 
-# %% ../nbs/12_export.ipynb #f270ba9c
+# %% ../nbs/12_export.ipynb #3ad87152
 REPORT_NAME = 'validation_report.json'
 
 def _versions() -> dict:
@@ -534,7 +537,8 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train
            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
            'versions': _versions(), 'export': {**meta, 'bytes': len(data)}, 'failures': []}
     try:
-        if validate: rep['validate'] = validate_onnx(data, batch_size)
+        # always: a file whose batch axis is not dynamic is never written (--validate reports it)
+        rep['validate'] = validate_onnx(data, batch_size)
         if comprehensive_validate:
             rep['comprehensive_validate'] = c = _compare(
                 model, ck, meta, data, checkpoint, data_dir, max_images, atol, min_agreement)

@@ -88,8 +88,6 @@ def test_validate_refuses_a_batch_axis_baked_in(tiny_run, fixed_batch, lost_byte
     assert lost_bytes.check() == 0
 
 
-@pytest.mark.xfail(strict=True, reason='plain ml-export (without --validate) writes an ONNX file '
-                   'whose batch axis is fixed at 2 and exits 0; the spec promises a dynamic axis')
 def test_plain_export_never_writes_a_fixed_batch_axis(tiny_run, fixed_batch):
     cmd, ck = fixed_batch
     res = cmd('ml-export', '--checkpoint', ck)
@@ -154,9 +152,6 @@ def test_wrapped_training_mode_models_export_as_the_bare_eval_network(wrapper):
     _exports_as_the_bare_eval_network(WRAPPERS[wrapper])
 
 
-@pytest.mark.xfail(strict=True, reason="unwrap_model drops Opacus's GradSampleModule but not the "
-                   'hooks it registered on the inner modules: the export fails (ExportError, '
-                   '"Sequential cannot be exported to ONNX")')
 @pytest.mark.parametrize('outer', ['GradSampleModule', 'DataParallel(GradSampleModule)'])
 def test_opacus_wrapped_models_export_as_the_bare_eval_network(outer):
     from opacus import GradSampleModule
