@@ -84,7 +84,7 @@ def evaluate(model, loader, classes:list, device='cpu', criterion=None,
     preds = logits.argmax(1) if len(labels) else labels
     return compute_metrics(labels.numpy(), preds.numpy(), classes, loss), logits, labels
 
-# %% ../nbs/08_evaluation.ipynb #9de94e9b
+# %% ../nbs/08_evaluation.ipynb #b78eb133
 def calibration_bins(probs, labels, n_bins:int=15) -> dict:
     "Per-bin mean confidence, accuracy and count of the top-1 predictions (equal-width bins)."
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -119,7 +119,7 @@ def fit_temperature(logits, labels, max_iter:int=100) -> float:
         loss.backward()
         return loss
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     return t if math.isfinite(t) and t > 0 else 1.0
 
 def plot_reliability(probs, labels, n_bins:int=15, title:str|None=None, label:str='model', ax=None):
