@@ -52,7 +52,6 @@ def test_unknown_key_names_it_and_the_nearest_valid_key(tmp_path, text, needles)
     ('training:\n  batch_size: true\n', ['training.batch_size', 'True']),
     ('training:\n  num_epochs: -1\n', ['training.num_epochs', '-1']),
     ('training:\n  num_epochs: 2.5\n', ['training.num_epochs', '2.5']),
-    ('data:\n  fold: -1\n', ['data.fold', '-1']),
     ('training:\n  trainer_type: fast\n', ['training.trainer_type', "'fast'", 'standard']),
     ('training:\n  dp:\n    target_epsilon: 0\n', ['training.dp.target_epsilon', '> 0']),
     ('training:\n  dp:\n    target_epsilon: -3\n', ['training.dp.target_epsilon', '-3']),
