@@ -55,3 +55,56 @@ def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
     dls = get_dataloaders(c, get_datasets(c, splits=('test',)))
     m, _, _ = evaluate(model, dls['test'], ck['classes'])
     assert abs(m['acc'] - s['test']['acc']) < 1e-9, (m['acc'], s['test'])
+
+
+_STOP_SCRIPT = '''
+import sys
+from imgcls.config import load_config
+from imgcls.trainer import Callback, TrainingInterrupted, get_trainer
+
+class StopOnRankZero(Callback):
+    "What a signal to one process does: rank 0 asks to stop at step 2 of epoch 2."
+    def after_step(self, t):
+        if t.accelerator.is_main_process and t.epoch == 1 and t.step_in_epoch == 2:
+            t.request_stop()
+
+cfg = load_config(sys.argv[1])
+try: get_trainer(cfg, callbacks=[StopOnRankZero()], progress=False).fit()
+except TrainingInterrupted: sys.exit(130)
+'''
+
+
+def test_two_process_run_stopped_mid_epoch_resumes_in_one_process(tmp_path, tiny_split):
+    "Resume across a change in the number of processes: stopped with 2, finished with 1."
+    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
+           'augmentation': {'horizontal_flip': 0.0},
+           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
+           'optimizer': {'lr': 0.05},
+           'training': {'trainer_type': 'accelerate', 'num_epochs': 3, 'batch_size': 4,
+                        'device': 'cpu'}}
+    p = tmp_path / 'tiny_config.yaml'
+    p.write_text(yaml.safe_dump(cfg))
+    script = tmp_path / 'stop_early.py'
+    script.write_text(_STOP_SCRIPT)
+    e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
+    args = [command('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
+            '--main_process_port', str(_free_port()), str(script), str(p)]
+    res = subprocess.run(args, cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0, show(res)          # both processes stopped, as agreed
+    rd = tmp_path / 'runs' / 'tiny_fold_0'
+    assert sorted(os.listdir(tmp_path / 'runs')) == ['tiny_fold_0']
+    last = rd / 'weights' / 'last.pt'
+    assert last.exists(), show(res)
+    import torch
+    ck = torch.load(last, weights_only=True)
+    assert (ck['num_processes'], ck['epoch'], ck['step_in_epoch']) == (2, 1, 2), \
+        {k: ck.get(k) for k in ('num_processes', 'epoch', 'step_in_epoch')}
+    # one process, no launcher: epoch 2 starts again, the run finishes over the whole val set
+    res = subprocess.run([command('ml-train'), '--config', str(p), '--resume', str(last)],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and 'Traceback' not in res.stderr, show(res)
+    assert 'stopped mid-epoch with 2 process(es) and resumes with 1: epoch 2 starts again' in (
+        res.stdout + res.stderr), show(res)
+    s = json.loads((rd / 'summary.json').read_text())
+    assert s['epochs_run'] == 3 and s['val']['n'] == 40 and s['test']['n'] == 20, s
+    assert [h['epoch'] for h in s['history']] == [1, 2, 3], s['history']
