@@ -18,14 +18,15 @@ from .splits import check_splits
 from .trainer import train
 
 # %% auto #0
-__all__ = ['cross_validate', 'cv_report', 'cv_text']
+__all__ = ['cross_validate', 'cv_report', 'cv_text', 'is_cv_dir', 'fold_checkpoints']
 
-# %% ../nbs/09c_crossval.ipynb #6f287492
+# %% ../nbs/09c_crossval.ipynb #f98747c3
 _METRICS = ('acc', 'balanced_acc', 'macro_f1', 'loss')
 
-def _probs(model, loader) -> tuple[np.ndarray, np.ndarray]:
+def _probs(model, loader, temperature:float=1.0) -> tuple[np.ndarray, np.ndarray]:
+    "Calibrated probabilities (as `ml-inference` gives them) and labels."
     logits, labels = predict(model, loader)
-    return logits.softmax(1).numpy(), labels.numpy()
+    return (logits / temperature).softmax(1).numpy(), labels.numpy()
 
 def _write_csv(path, rows, classes):
     with atomic_open(path, 'w') as f:
@@ -60,7 +61,7 @@ def cross_validate(cfg:Config, # the resolved configuration (data.fold is ignore
         runs.append(train(c, overrides=overrides, **kwargs))
     return cv_report(cv_dir, [r.run_dir for r in runs])
 
-# %% ../nbs/09c_crossval.ipynb #898e4cb1
+# %% ../nbs/09c_crossval.ipynb #c75a02dd
 def cv_report(cv_dir, # where to write the report
               run_dirs:list, # one finished run folder per fold, in fold order
              ) -> dict:
@@ -75,9 +76,10 @@ def cv_report(cv_dir, # where to write the report
         classes = ck['classes']
         ds = get_datasets(cfg, splits=('val', 'test'), preload=False)
         dls = get_dataloaders(cfg, ds)
-        vp, vy = _probs(model, dls['val'])
+        t = float(ck.get('temperature', 1.0))
+        vp, vy = _probs(model, dls['val'], t)
         oof_rows += [(p, int(y), pr) for (p, _), y, pr in zip(ds['val'].items, vy, vp)]
-        tp, ty = _probs(model, dls['test'])
+        tp, ty = _probs(model, dls['test'], t)
         test_probs.append(tp)
         if test_labels is None: test_labels, test_paths = ty, [p for p, _ in ds['test'].items]
         elif not np.array_equal(ty, test_labels):
@@ -128,3 +130,25 @@ def cv_text(r:dict) -> str:
               f"ensemble (soft vote of {r['folds']} models) on test: accuracy {e['acc']:.4f}, "
               f"macro-F1 {e['macro_f1']:.4f} ({e['n']} images)"]
     return '\n'.join(lines) + '\n'
+
+# %% ../nbs/09c_crossval.ipynb #3b750e0e
+def is_cv_dir(path) -> bool:
+    "Is `path` a cross-validation folder written by `cross_validate`?"
+    return Path(path).is_dir() and (Path(path)/'cv_report.json').is_file()
+
+def fold_checkpoints(cv_dir, # a folder written by `ml-train --fold all`
+                     name:str='best.pt', # which checkpoint of each fold
+                    ) -> list[Path]:
+    "The fold models' checkpoints of cross-validation folder `cv_dir`, in fold order."
+    cv_dir = Path(cv_dir)
+    if not is_cv_dir(cv_dir):
+        raise DataError(f'{cv_dir}: not a cross-validation folder (no cv_report.json; '
+                        'ml-train --fold all writes one)')
+    try: r = json.loads((cv_dir/'cv_report.json').read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f'{cv_dir}/cv_report.json: cannot read it ({e})') from None
+    paths = [cv_dir/Path(f['run_dir']).name/'weights'/name for f in r.get('per_fold', [])]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise DataError(f"{cv_dir}: fold checkpoint(s) missing: {', '.join(missing) or 'all'}")
+    return paths
