@@ -130,6 +130,19 @@ def test_readme_is_generated_from_index():
         'README.md is out of date with nbs/index.ipynb: run `python tools/make_readme.py`'
 
 
+def test_readme_links_to_docs_pages_are_absolute_and_name_existing_pages():
+    "On GitHub and PyPI a relative `cli.html` link is dead: README links point at the docs site."
+    readme = (ROOT / 'README.md').read_text()
+    base = _make_readme().docs_url().rstrip('/') + '/'
+    assert base.startswith('https://'), base
+    links = re.findall(r'\]\(([^)\s]+)\)', readme)
+    assert not [u for u in links if u.endswith('.html') or '.html#' in u
+                if not u.startswith(('http://', 'https://'))], links
+    pages = {_html_name(nb) for nb in _notebooks()}
+    ours = [u[len(base):].split('#')[0] for u in links if u.startswith(base)]
+    assert ours and not set(ours) - pages, set(ours) - pages
+
+
 def test_readme_keeps_the_ci_blocks():
     readme = (ROOT / 'README.md').read_text()
     for m in ('install', 'test'):
