@@ -90,6 +90,17 @@ def test_split_output_passes_check_splits_and_load_split(digits):
         assert all(classes[y] == p.split('/')[1] for p, y in tr + va + test)
 
 
+
+def test_split_full_digits_near_duplicates_are_few_and_within_a_class(digits):
+    "The bundled digits have little detail; the look-alikes reported are a few same-class pairs."
+    m = json.loads((digits['data'] / 'splits' / 'manifest.json').read_text())
+    near = m['near_duplicates']
+    assert m['near_dup_distance'] == 4 and len(near) <= 40, len(near)
+    assert all(len(g['classes']) == 1 and g['distance'] <= 4 and g['similarity'] >= 0.98
+               for g in near), near
+    warned = [ln for ln in digits['split'].stderr.splitlines() if 'near-identical images' in ln]
+    assert len(warned) == min(len(near), 20)
+
 def test_split_again_with_same_settings_changes_nothing(digits):
     before = tree_hash(digits['data'] / 'splits')
     res = run(['ml-split', '--raw_data', 'data/digits/raw', '--folds', FOLDS], digits['cwd'])
@@ -197,6 +208,26 @@ def test_split_after_adding_an_image_is_refused_then_forced(tiny_split, tmp_path
     assert 'raw/3/new.png' in test | folds[0][0] | folds[0][1]
     check_splits(tiny_split, 1)
 
+
+
+@pytest.mark.fault
+def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
+    "A copy saved smaller as JPEG in another class: one warning naming both files, in the manifest."
+    from PIL import Image
+    src = sorted((tiny / 'raw' / '2').iterdir())[0]
+    Image.open(src).convert('RGB').resize((15, 15)).save(tiny / 'raw' / '8' / 'resaved.jpg',
+                                                         quality=80)
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
+    assert_ok(res)
+    pair = [f'raw/2/{src.name}', 'raw/8/resaved.jpg']
+    near = [ln for ln in res.stderr.splitlines() if 'near-identical' in ln]
+    assert len(near) == 1, show(res)                   # the distinct digits: no warning
+    assert all(p in near[0] for p in pair) and "different classes ['2', '8']" in near[0], near
+    m = json.loads((tiny / 'splits' / 'manifest.json').read_text())
+    [g] = m['near_duplicates']
+    assert g['paths'] == pair and g['classes'] == ['2', '8'] and g['distance'] <= 4, g
+    assert m['duplicates'] == []                       # not an exact copy
+    check_splits(tiny, 1)                              # a warning, not a refusal
 
 # ------------------------------------------------------------------ bad arguments
 
