@@ -11,7 +11,7 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['cli_parser', 'parse_cli', 'run_cli', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
+__all__ = ['cli_parser', 'parse_cli', 'run_cli', 'cli_help', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
            'ml_init_config', 'train', 'ml_train']
 
 # %% ../nbs/90_cli.ipynb #f1a1bd0c
@@ -93,6 +93,13 @@ def run_cli(func, prog:str|None=None, argv:list[str]|None=None, pos:tuple=()) ->
         if debug: raise
         print('interrupted', file=sys.stderr)
         return 130
+
+# %% ../nbs/90_cli.ipynb #60115418
+def cli_help(main, # a console command's function, e.g. `ml_train`
+            ):
+    "Print what the command prints for `--help`."
+    try: main(['--help'])
+    except SystemExit: pass
 
 # %% ../nbs/90_cli.ipynb #67ef8833
 def sample_data(dest:str='data/digits', # dataset folder to create (images go to DEST/raw/<class>/)

@@ -155,26 +155,38 @@ def _commands() -> dict:
     return {k: v for k, v in _pyproject()['project']['scripts'].items() if k.startswith('ml-')}
 
 
+_HELP = re.compile(r'^cli_help\((ml_\w+)\)', re.M)
+
+
+def _help_cells() -> dict:
+    "Command name -> notebook, for the cells that print a command's --help in the docs."
+    out = {}
+    for nb in _notebooks():
+        for c in _cells(NBS / nb):
+            if c['cell_type'] != 'code': continue
+            src = _src(c)
+            for m in _HELP.finditer(src):
+                # run when the docs are built (help is never pasted in), and never skipped
+                assert '#| exec_doc' in src and 'eval: false' not in src, (nb, src)
+                out[m.group(1).replace('_', '-')] = nb
+    return out
+
+
 def test_every_command_is_in_the_readme_and_has_its_help_in_the_docs():
     readme = (ROOT / 'README.md').read_text()
     cmds = _commands()
     assert len(cmds) >= 9
-    code = [_src(c) for nb in _notebooks() for c in _cells(NBS / nb) if c['cell_type'] == 'code']
+    helps = _help_cells()
     for name in cmds:
         assert re.search(rf'(?<![\w-]){re.escape(name)}(?![\w-])', readme), \
             f'{name} is not mentioned in README.md (nbs/index.ipynb)'
-        assert any(re.search(rf'^!{re.escape(name)} --help\b', s, re.M) for s in code), \
-            f'no notebook shows `!{name} --help`'
+        assert name in helps, f'no notebook shows `{name} --help` (an exec_doc cli_help cell)'
 
 
 def test_index_links_every_command_to_its_page():
     "The index's command list links each command to the notebook that documents it."
     md = '\n'.join(_src(c) for c in _cells(NBS / 'index.ipynb') if c['cell_type'] == 'markdown')
-    pages = {}
-    for nb in _notebooks():
-        for c in _cells(NBS / nb):
-            for m in re.finditer(r'^!(ml-[\w-]+) --help', _src(c), re.M):
-                pages[m.group(1)] = _html_name(nb)
+    pages = {name: _html_name(nb) for name, nb in _help_cells().items()}
     for name in _commands():
         assert re.search(rf'`{re.escape(name)}`\]\({re.escape(pages[name])}[)#]', md), \
             f'index.ipynb does not link `{name}` to {pages[name]}'
@@ -264,3 +276,33 @@ def test_config_reference_is_in_the_sidebar_under_reference():
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q']))
+
+
+# --- the docs build, without Quarto ---
+
+_PROC = """
+import sys, warnings
+from nbdev.serve import proc_nbs
+warnings.simplefilter('ignore')
+proc_nbs(sys.argv[1], n_workers=0)
+"""
+
+
+def test_docs_build_processes_every_notebook_and_runs_the_help_cells(tmp_path):
+    """nbdev's docs step before Quarto (`proc_nbs`, what `nbdev-docs` runs first) executes each
+    notebook's exported, import and `exec_doc` cells: it must succeed on every notebook (a cell
+    mixing imports with code that needs earlier cells breaks it), and each command's page must
+    show its --help output."""
+    import shutil
+    import subprocess
+    shutil.copy(ROOT / 'pyproject.toml', tmp_path)
+    shutil.copytree(NBS, tmp_path / 'nbs', ignore=shutil.ignore_patterns('_proc', '.ipynb_*'))
+    res = subprocess.run([sys.executable, '-c', _PROC, str(tmp_path / 'nbs')], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = tmp_path / '_proc'
+    assert sorted(p.relative_to(proc).as_posix() for p in proc.rglob('*.ipynb')) == _notebooks()
+    for name, nb in _help_cells().items():
+        outs = [''.join(o.get('text', '')) for c in _cells(proc / nb) if c['cell_type'] == 'code'
+                and f"cli_help({name.replace('-', '_')})" in _src(c) for o in c.get('outputs', [])]
+        assert any(o.startswith(f'usage: {name}') for o in outs), (name, nb, outs)
