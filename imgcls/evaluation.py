@@ -14,7 +14,7 @@ import torch
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'calibration_bins',
+__all__ = ['TEMPERATURE_RANGE', 'compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'calibration_bins',
            'expected_calibration_error', 'fit_temperature', 'plot_reliability', 'plot_confusion_matrix', 'write_report']
 
 # %% ../nbs/08_evaluation.ipynb #0aa3be75
@@ -84,7 +84,7 @@ def evaluate(model, loader, classes:list, device='cpu', criterion=None,
     preds = logits.argmax(1) if len(labels) else labels
     return compute_metrics(labels.numpy(), preds.numpy(), classes, loss), logits, labels
 
-# %% ../nbs/08_evaluation.ipynb #b78eb133
+# %% ../nbs/08_evaluation.ipynb #9faadd7d
 def calibration_bins(probs, labels, n_bins:int=15) -> dict:
     "Per-bin mean confidence, accuracy and count of the top-1 predictions (equal-width bins)."
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -106,11 +106,15 @@ def expected_calibration_error(probs, labels, n_bins:int=15) -> float:
     gap = np.abs(b['confidence'][ok] - b['accuracy'][ok])
     return float((gap * b['count'][ok]).sum() / b['count'].sum())
 
+TEMPERATURE_RANGE = (0.05, 20.0)
+
 def fit_temperature(logits, labels, max_iter:int=100) -> float:
-    "The temperature T > 0 minimising the cross-entropy of `logits / T` (LBFGS on log T)."
+    ("The temperature T minimising the cross-entropy of `logits / T` (LBFGS on log T), within "
+     "`TEMPERATURE_RANGE`; 1.0 when every prediction is right (then no T is best: smaller always "
+     "looks better).")
     logits = torch.as_tensor(logits).detach().clone().double()  # not an inference-mode tensor
     labels = torch.as_tensor(labels).detach().clone().long()
-    if len(labels) == 0: return 1.0
+    if len(labels) == 0 or bool((logits.argmax(1) == labels).all()): return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn='strong_wolfe')
     def closure():
@@ -120,7 +124,8 @@ def fit_temperature(logits, labels, max_iter:int=100) -> float:
         return loss
     opt.step(closure)
     t = float(log_t.detach().exp())
-    return t if math.isfinite(t) and t > 0 else 1.0
+    lo, hi = TEMPERATURE_RANGE
+    return min(max(t, lo), hi) if math.isfinite(t) and t > 0 else 1.0
 
 def plot_reliability(probs, labels, n_bins:int=15, title:str|None=None, label:str='model', ax=None):
     "Reliability diagram: accuracy against confidence per bin; the diagonal is perfect calibration."

@@ -197,7 +197,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #9aaeef83
+# %% ../nbs/09_trainer.ipynb #24f360a4
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -568,6 +568,11 @@ class BaseTrainer:
             if self.is_main:
                 write_report(self.run_dir, split, m, self.classes, labels.numpy(),
                              logits.argmax(1).numpy(), self.writer, self.epoch, probs=cal)
+        vl, vy = out['val']
+        how = ('not fitted: every validation image is right' if t == 1.0 and len(vy)
+               and bool((vl.argmax(1) == vy).all()) else 'fitted on val')
+        logger.info(f"calibration: temperature {t:.3g} ({how}); test ECE "
+                    f"{calibration['test_ece_before']:.4f} -> {calibration['test_ece_after']:.4f}")
         if self.is_main and best_path is not None and best_path.exists():
             ck = load_checkpoint(best_path)
             ck['temperature'] = t
