@@ -1,6 +1,7 @@
 """`ml-inference` end to end, as a user runs it: the SPEC.md line as written (test-set report,
 confusion matrix, predictions CSV in the run folder), predictions for files, folders and globs
-that match a direct model call, and bad input refused with one clear line."""
+that match a direct model call, the fold ensemble of a cross-validation folder, `unknown` below
+--min_confidence, and bad input refused with one clear line."""
 from __future__ import annotations
 
 import csv
@@ -233,3 +234,167 @@ def test_a_moved_dataset_is_found_with_data_dir(project):
     assert after[report] == before[report]
     rows = list(csv.DictReader((rd / 'predictions_val.csv').open()))
     assert rows and all(r['path'].startswith('elsewhere/my_dataset/raw/') for r in rows)
+
+
+# ------------------------------------------------------------------ fold ensembles
+
+@pytest.fixture(scope='session')
+def _cv_pristine(tmp_path_factory, _trained_pristine) -> Path:
+    "The same project, with `ml-train --fold all` run: a cross-validation folder of 2 fold models."
+    root = tmp_path_factory.mktemp('inference_cv')
+    for d in ('data', 'configs'): shutil.copytree(_trained_pristine / d, root / d)
+    assert_ok(run(['ml-train', '--config', 'configs/my_dataset_config.yaml', '--fold', 'all'],
+                  root))
+    return root
+
+
+@pytest.fixture
+def cv_project(tmp_path, _cv_pristine) -> Path:
+    d = tmp_path / 'cv_project'
+    shutil.copytree(_cv_pristine, d)
+    return d
+
+
+def _cv_dir(project: Path) -> Path:
+    [cv] = [p for p in (project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
+    return cv
+
+
+def _probs(row: dict) -> list[float]:
+    return [float(row[f'p_{c}']) for c in CLASSES]
+
+
+def test_cv_folder_evaluates_the_fold_ensemble_as_the_cv_report_does(cv_project):
+    cv = _cv_dir(cv_project)
+    report = json.loads((cv / 'cv_report.json').read_text())
+    before = tree_hash(cv)
+    res = run(['ml-inference', '--checkpoint_path', cv.relative_to(cv_project)], cv_project)
+    assert_ok(res)
+    acc = report['ensemble_test']['acc']
+    assert f'test accuracy {acc:.4f}' in res.stdout, show(res)
+    assert '(soft vote of 2 fold models)' in res.stdout, show(res)
+    metrics = json.loads((cv / 'logs' / 'metrics_test.json').read_text())
+    assert metrics['acc'] == acc and metrics['ensemble_of'] == 2
+    assert abs(metrics['loss'] - report['ensemble_test']['loss']) < 1e-5
+    # the report's files are untouched; the evaluation's are added beside them
+    after = tree_hash(cv)
+    assert {k: v for k, v in after.items() if k in before} == before
+    new = set(after) - set(before)
+    assert {'predictions_test.csv', 'logs/classification_report_test.txt',
+            'logs/confusion_matrix_test.png', 'logs/metrics_test.json'} <= new, new
+    assert all(f == 'predictions_test.csv' or f.startswith('logs/') and '_test.' in f
+               for f in new), new
+    rows = list(csv.DictReader((cv / 'predictions_test.csv').open()))
+    ref = list(csv.DictReader((cv / 'ensemble_test_predictions.csv').open()))
+    assert [r['path'] for r in rows] == [f'data/my_dataset/{r["path"]}' for r in ref]
+    for r, e in zip(rows, ref):
+        assert max(abs(a - b) for a, b in zip(_probs(r), _probs(e))) < 1e-5, (r, e)
+        assert r['predicted'] == e['predicted']
+    assert sum(r['true'] == r['predicted'] for r in rows) / len(rows) == acc
+
+
+def test_cv_folder_predicts_images_with_the_soft_vote(cv_project):
+    cv = _cv_dir(cv_project)
+    ref = list(csv.DictReader((cv / 'ensemble_test_predictions.csv').open()))[:6]
+    images = [f'data/my_dataset/{r["path"]}' for r in ref]
+    res = run(['ml-inference', '--checkpoint_path', cv.relative_to(cv_project), '--images',
+               *images, '--top_k', '10', '--format', 'json'], cv_project)
+    assert_ok(res)
+    out = json.loads(res.stdout)
+    assert out['ensemble_of'] == 2 and out['classes'] == CLASSES
+    for pred, e in zip(out['predictions'], ref):
+        got = {t['class']: t['probability'] for t in pred['top_k']}
+        assert max(abs(got[c] - p) for c, p in zip(CLASSES, _probs(e))) < 1e-5, (pred, e)
+        assert pred['predicted'] == e['predicted']
+
+
+# ------------------------------------------------------------------ --min_confidence
+
+def test_min_confidence_evaluation_reports_coverage_and_selective_accuracy(project):
+    rd = project / 'runs' / 'my_run'
+    assert_ok(run(['ml-inference', '--checkpoint_path', BEST], project))   # no threshold
+    rows = list(csv.DictReader((rd / 'predictions_test.csv').open()))
+    conf = sorted(float(r['probability']) for r in rows)
+    p = round(conf[len(conf) // 2], 3)                                 # about half answered
+    before = tree_hash(rd)
+    res = run(['ml-inference', '--checkpoint_path', BEST, '--min_confidence', p], project)
+    assert_ok(res)
+    label = f'test_conf_{p:g}'
+    answered = [r for r in rows if float(r['probability']) >= p]
+    n, k = len(rows), len(answered)
+    acc = sum(r['true'] == r['predicted'] for r in answered) / k
+    assert 0 < k < n
+    line = (f'at min_confidence {p:g}: {n - k} of {n} test images unknown, coverage {k / n:.4f}, '
+            f'accuracy on the {k} answered {acc:.4f}')
+    assert line in res.stdout.splitlines(), show(res)
+    sel = json.loads((rd / 'logs' / f'metrics_{label}.json').read_text())['selective']
+    assert (sel['answered'], sel['unknown'], sel['coverage']) == (k, n - k, k / n)
+    assert abs(sel['acc'] - acc) < 1e-9
+    out = list(csv.DictReader((rd / f'predictions_{label}.csv').open()))
+    assert [r['predicted'] for r in out] == [
+        r['predicted'] if float(r['probability']) >= p else 'unknown' for r in rows]
+    assert [_probs(r) for r in out] == [_probs(r) for r in rows]          # nothing lost
+    after = tree_hash(rd)
+    assert {k: v for k, v in after.items() if k in before} == before      # the run's own kept
+
+
+def test_min_confidence_images_unknown_keeps_the_top_k(project):
+    raw = 'data/my_dataset/raw'
+    plain = run(['ml-inference', '--checkpoint_path', BEST, '--images', raw, '--top_k', '3',
+                 '--format', 'json'], project)
+    assert_ok(plain)
+    preds = json.loads(plain.stdout)['predictions']
+    conf = sorted(q['probability'] for q in preds)
+    p = round(conf[len(conf) // 2], 3)
+    res = run(['ml-inference', '--checkpoint_path', BEST, '--images', raw, '--top_k', '3',
+               '--format', 'json', '--min-confidence', p, '--output', 'out.json'], project)
+    assert_ok(res)
+    out = json.loads((project / 'out.json').read_text())
+    assert out['min_confidence'] == p
+    n_unknown = 0
+    for q, o in zip(preds, out['predictions']):
+        assert (o['path'], o['top_k'], o['probability']) == (q['path'], q['top_k'],
+                                                              q['probability'])
+        sure = q['probability'] >= p
+        assert o['predicted'] == (q['predicted'] if sure else 'unknown'), (q, o)
+        n_unknown += not sure
+    assert 0 < n_unknown < len(preds)
+    assert f'{n_unknown} of {len(preds)} image(s) below --min_confidence {p:g}' in res.stderr
+    # CSV: predicted says unknown, class_1 and probability keep the top class
+    res = run(['ml-inference', '--checkpoint_path', BEST, '--images', raw, '--top_k', '3',
+               '--min_confidence', p], project)
+    assert_ok(res)
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r['predicted'] for r in rows] == [o['predicted'] for o in out['predictions']]
+    assert [r['class_1'] for r in rows] == [q['top_k'][0]['class'] for q in preds]
+
+
+@pytest.mark.fault
+def test_bad_min_confidence_and_cv_folders_are_one_clear_line(cv_project, lost_bytes):
+    cv = _cv_dir(cv_project)
+    before = lost_bytes.watch(cv)
+    rel = cv.relative_to(cv_project).as_posix()
+    assert_usage_error(run(['ml-inference', '--checkpoint_path', rel, '--min_confidence', 'high'],
+                           cv_project), '--min_confidence')
+    fold0 = next(cv.glob('*_fold_0'))
+    cases = [
+        (['--checkpoint_path', rel, '--min_confidence', '1'],
+         ['--min_confidence must be a probability in [0, 1)', 'got 1.0']),
+        (['--checkpoint_path', rel, '--min_confidence', '-0.2', '--images', 'data'],
+         ['--min_confidence must be a probability in [0, 1)', 'got -0.2']),
+        (['--checkpoint_path', fold0.relative_to(cv_project).as_posix()],
+         ['a folder, not a checkpoint', 'RUN/weights/best.pt']),
+        (['--checkpoint_path', 'runs'], ['runs: a folder, not a checkpoint']),
+    ]
+    res = run_py(IN_PROCESS, cv_project, json.dumps([a for a, _ in cases]))
+    assert_ok(res)
+    for (args, needles), (code, _, err) in zip(cases, json.loads(res.stdout.splitlines()[-1])):
+        _one_error_line(code, err, needles, args)
+    assert tree_hash(cv) == before
+    assert lost_bytes.check() == 0
+    # a fold model gone: named, nothing written
+    best1 = next(cv.glob('*_fold_1')) / 'weights' / 'best.pt'
+    best1.rename(best1.with_name('moved.pt'))
+    res = run(['ml-inference', '--checkpoint_path', rel], cv_project)
+    assert_clean_error(res, 'fold checkpoint(s) missing', 'best.pt')
+    assert not (cv / 'predictions_test.csv').exists()
