@@ -280,6 +280,9 @@ if __name__ == '__main__':
 
 # --- the docs build, without Quarto ---
 
+FIGURE_NBS = ['05_data.ipynb', '08_evaluation.ipynb', '09_trainer.ipynb', '10_lr_finder.ipynb',
+              '14_visualise.ipynb', 'index.ipynb', 'tutorials/01_own_images.ipynb']
+
 _PROC = """
 import sys, warnings
 from nbdev.serve import proc_nbs
@@ -306,3 +309,8 @@ def test_docs_build_processes_every_notebook_and_runs_the_help_cells(tmp_path):
         outs = [''.join(o.get('text', '')) for c in _cells(proc / nb) if c['cell_type'] == 'code'
                 and f"cli_help({name.replace('-', '_')})" in _src(c) for o in c.get('outputs', [])]
         assert any(o.startswith(f'usage: {name}') for o in outs), (name, nb, outs)
+    # the pictures a reader would rather look at are drawn when the docs are built
+    for nb in FIGURE_NBS:
+        figs = [o for c in _cells(proc / nb) for o in c.get('outputs', [])
+                if 'image/png' in o.get('data', {})]
+        assert figs, f'{nb}: no figure in the built page'
