@@ -22,15 +22,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
+def _accelerate_config(tmp_path, num_epochs: int, batch_size: int):
+    "A config for the tiny dataset (`tiny_split`) with `trainer_type: accelerate`, on CPU."
     cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
            'augmentation': {'horizontal_flip': 0.0},
            'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
            'optimizer': {'lr': 0.05},
-           'training': {'trainer_type': 'accelerate', 'num_epochs': 2, 'batch_size': 8,
-                        'device': 'cpu'}}
+           'training': {'trainer_type': 'accelerate', 'num_epochs': num_epochs,
+                        'batch_size': batch_size, 'device': 'cpu'}}
     p = tmp_path / 'tiny_config.yaml'
     p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
+    p = _accelerate_config(tmp_path, num_epochs=2, batch_size=8)
     e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
     args = [command('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
             '--main_process_port', str(_free_port()), '--no_python', command('ml-train'),
@@ -76,14 +82,7 @@ except TrainingInterrupted: sys.exit(130)
 
 def test_two_process_run_stopped_mid_epoch_resumes_in_one_process(tmp_path, tiny_split):
     "Resume across a change in the number of processes: stopped with 2, finished with 1."
-    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.0},
-           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
-           'optimizer': {'lr': 0.05},
-           'training': {'trainer_type': 'accelerate', 'num_epochs': 3, 'batch_size': 4,
-                        'device': 'cpu'}}
-    p = tmp_path / 'tiny_config.yaml'
-    p.write_text(yaml.safe_dump(cfg))
+    p = _accelerate_config(tmp_path, num_epochs=3, batch_size=4)
     script = tmp_path / 'stop_early.py'
     script.write_text(_STOP_SCRIPT)
     e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
