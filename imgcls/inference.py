@@ -386,7 +386,7 @@ def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a C
     if min_confidence: logger.info(f"{label}: {_selective_text(metrics['selective'], split)}")
     return {'metrics': metrics, 'paths': paths, 'run_dir': run_dir, 'label': label}
 
-# %% ../nbs/11_inference.ipynb #40e01bce
+# %% ../nbs/11_inference.ipynb #8939bea8
 def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
               images:list[str]=None, # image files, folders or glob patterns (none: test the run)
               top_k:int=5, # classes (with probabilities) to report for each image
@@ -399,11 +399,11 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
               split:str='test', # without --images: the split to evaluate (test or val)
               data_dir:str=None, # without --images: the dataset folder, if it moved since training
               num_workers:int=0, # without --images: DataLoader worker processes
-              min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never);
-                                        # without --images: coverage and accuracy at it
+              min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never)
              ):
     ("Evaluate a checkpoint or a cross-validation fold ensemble on the test set (report, "
-     "confusion matrix, predictions), or predict the classes of any images.")
+     "confusion matrix, predictions; with --min_confidence, the share of images answered and "
+     "the accuracy on them), or predict the classes of any images.")
     setup_logging()
     if format not in ('csv', 'json'):
         raise ConfigError(f"--format must be csv or json, got '{format}'")
