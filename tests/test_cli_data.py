@@ -229,6 +229,29 @@ def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
     assert m['duplicates'] == []                       # not an exact copy
     check_splits(tiny, 1)                              # a warning, not a refusal
 
+
+@pytest.mark.fault
+def test_split_near_dup_distance_flag(tiny, tmp_path):
+    "--near_dup_distance 0 turns the check off; a value out of 0..10 is one clear line."
+    import inspect
+
+    import imgcls.cli
+    if 'near_dup_distance' not in inspect.signature(imgcls.cli.split).parameters:
+        pytest.skip('ml-split has no --near_dup_distance flag yet (nbs/90_cli.ipynb)')
+    from PIL import Image
+    src = sorted((tiny / 'raw' / '2').iterdir())[0]
+    Image.open(src).convert('RGB').resize((15, 15)).save(tiny / 'raw' / '8' / 'resaved.jpg',
+                                                         quality=80)
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--near-dup-distance', 11], tmp_path)
+    assert_clean_error(res, '--near_dup_distance must be a whole number of bits from 0', '11')
+    assert not (tiny / 'splits').exists()
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--near_dup_distance', 0],
+              tmp_path)
+    assert_ok(res)
+    assert 'near-identical' not in res.stderr, show(res)
+    m = json.loads((tiny / 'splits' / 'manifest.json').read_text())
+    assert (m['near_dup_distance'], m['near_duplicates']) == (0, [])
+
 # ------------------------------------------------------------------ bad arguments
 
 @pytest.mark.fault
