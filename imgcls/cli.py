@@ -115,7 +115,7 @@ def sample_data(dest:str='data/digits', # dataset folder to create (images go to
 
 def ml_sample_data(argv=None): return run_cli(sample_data, 'ml-sample-data', argv, pos=('dest',))
 
-# %% ../nbs/90_cli.ipynb #8254fda7
+# %% ../nbs/90_cli.ipynb #e009c6da
 def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
           folds:int=5, # number of cross-validation folds (1: one train/val split)
           test_ratio:float=0.2, # share of each class kept for the shared test set
@@ -125,6 +125,7 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
           force:bool=False, # replace existing splits made from other data or settings (kept aside)
           group_by:str=None, # regex over the path: images with the same match stay in one split
           dedupe:bool=False, # keep one copy of identical images
+          near_dup_distance:int=4, # warn of look-alike images within this many hash bits (0: off)
          ):
     ("Write a stratified shared test set and K stratified train/val folds "
      "as index files in data/NAME/splits/.")
@@ -132,7 +133,8 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
     from imgcls.splits import make_splits
     setup_logging()
     res = make_splits(raw_data, folds=folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
-                      bad_images=bad_images, force=force, group_by=group_by, dedupe=dedupe)
+                      bad_images=bad_images, force=force, group_by=group_by, dedupe=dedupe,
+                      near_dup_distance=near_dup_distance)
     m = res.manifest
     if not res.written: return 0
     n_val = sum(1 for _ in open(res.splits_dir/'fold_0_val.txt'))
@@ -143,6 +145,9 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
         print(f"{len(m['rejected'])} file(s) rejected "
               f"(listed above and in {res.splits_dir/'manifest.json'})")
     if m['duplicates']: print(f"{len(m['duplicates'])} group(s) of identical images (listed above)")
+    if m.get('near_duplicates'):
+        print(f"{len(m['near_duplicates'])} pair(s) of near-identical images across classes or "
+              f"splits (listed above and in {res.splits_dir/'manifest.json'})")
 
 def ml_split(argv=None): return run_cli(split, 'ml-split', argv)
 

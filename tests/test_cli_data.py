@@ -233,11 +233,6 @@ def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
 @pytest.mark.fault
 def test_split_near_dup_distance_flag(tiny, tmp_path):
     "--near_dup_distance 0 turns the check off; a value out of 0..10 is one clear line."
-    import inspect
-
-    import imgcls.cli
-    if 'near_dup_distance' not in inspect.signature(imgcls.cli.split).parameters:
-        pytest.skip('ml-split has no --near_dup_distance flag yet (nbs/90_cli.ipynb)')
     from PIL import Image
     src = sorted((tiny / 'raw' / '2').iterdir())[0]
     Image.open(src).convert('RGB').resize((15, 15)).save(tiny / 'raw' / '8' / 'resaved.jpg',
