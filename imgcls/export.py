@@ -1,4 +1,4 @@
-"""ONNX export of a trained checkpoint, checked three ways (ONNX checker and ONNX Runtime, parity with PyTorch on the run's real test images, speed), and a predictor that runs the exported file with ONNX Runtime, NumPy and Pillow alone.
+"""ONNX export of a trained checkpoint or a cross-validation fold ensemble, checked three ways (ONNX checker and ONNX Runtime, parity with PyTorch on the run's real test images, speed), optionally with the preprocessing inside the graph and an int8 copy, and a predictor that runs the exported file with ONNX Runtime, NumPy and Pillow alone.
 
 Docs: https://imgcls.github.io/imgcls/export.html.md"""
 
@@ -16,10 +16,12 @@ from .core import ImgclsError, atomic_write, logger, setup_logging
 from .images import load_image, to_rgb
 
 # %% auto #0
-__all__ = ['DEFAULT_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'REPORT_NAME', 'ExportError', 'unwrap_model', 'parse_metadata',
-           'model_to_onnx', 'export_metadata', 'default_output', 'export_onnx', 'preprocess', 'softmax',
-           'OnnxPredictor', 'validate_onnx', 'compare_with_pytorch', 'benchmark_onnx', 'format_benchmark',
-           'export_checkpoint', 'ml_export']
+__all__ = ['DEFAULT_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'ENSEMBLE_NAME', 'IMAGE_NAME', 'PRE_MIN_OPSET', 'QUANTIZE_CHOICES',
+           'REPORT_NAME', 'ExportError', 'unwrap_model', 'parse_metadata', 'model_to_onnx', 'export_metadata',
+           'default_output', 'export_onnx', 'preprocess', 'decode', 'softmax', 'OnnxPredictor', 'validate_onnx',
+           'compare_with_pytorch', 'preprocessing_graph', 'add_preprocessing', 'compare_preprocessing',
+           'benchmark_onnx', 'format_benchmark', 'int8_path', 'calibration_images', 'quantize_onnx',
+           'compare_quantized', 'format_quantized', 'export_checkpoint', 'ml_export']
 
 # %% ../nbs/12_export.ipynb #24dc7408
 class ExportError(ImgclsError):
@@ -55,9 +57,9 @@ def unwrap_model(model, # a torch module, maybe wrapped for DDP, Opacus or torch
         model = inner
     return model
 
-# %% ../nbs/12_export.ipynb #168132e4
+# %% ../nbs/12_export.ipynb #2a9a6c37
 _JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std', 'opset',
-              'temperature')
+              'temperature', 'folds')
 
 def _props(meta:dict) -> dict:
     "`meta` as ONNX metadata_props strings: lists and numbers as JSON, strings as they are."
@@ -121,10 +123,25 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
         raise ExportError(f'the ONNX model is too large for one file ({_first_line(e)}); '
                           'ml-export does not write external weight files') from None
 
-# %% ../nbs/12_export.ipynb #572f6612
+# %% ../nbs/12_export.ipynb #d34a9f13
+ENSEMBLE_NAME = 'ensemble.onnx'  # the file name of a fold ensemble, inside its CV folder
+
+def _is_cv(path) -> bool:
+    from imgcls.crossval import is_cv_dir
+    return is_cv_dir(path)
+
 def _load(checkpoint) -> tuple:
-    "The checkpoint's model (CPU, `eval()`) and the checkpoint; torch is imported only here."
+    ("The checkpoint's model (CPU, `eval()`) and the checkpoint, or a CV folder's fold ensemble "
+     "and its first fold's checkpoint; torch is imported only here.")
     from imgcls.models import model_from_checkpoint
+    p = Path(checkpoint)
+    if p.is_dir():
+        if not _is_cv(p):
+            raise ExportError(f'{p}: a folder that is not a cross-validation folder (no '
+                              'cv_report.json); pass a checkpoint (RUN/weights/best.pt) or a '
+                              'folder written by ml-train --fold all')
+        from imgcls.crossval import load_fold_ensemble
+        return load_fold_ensemble(p, device='cpu')
     return model_from_checkpoint(checkpoint, device='cpu')
 
 def _input_size(input_size) -> tuple|None:
@@ -153,25 +170,33 @@ def export_metadata(ck:dict, # a loaded checkpoint
             'mean': [float(v) for v in a['mean']], 'std': [float(v) for v in a['std']],
             'input_name': INPUT_NAME, 'output_name': OUTPUT_NAME,
             'trainer_type': str(ck.get('trainer_type', '')), 'checkpoint': str(checkpoint or ''),
-            'temperature': float(ck.get('temperature', 1.0))}
+            'temperature': float(ck.get('temperature', 1.0)),
+            **({'folds': int(ck['folds']), 'ensemble': 'soft vote: the log of the mean of the '
+                'folds\' calibrated probabilities'} if ck.get('folds') else {})}
 
-def default_output(checkpoint, # the .pt file
+def default_output(checkpoint, # the .pt file, or a cross-validation folder
                    output=None, # what the user asked for: a file, a folder, or None
                   ) -> Path:
-    "Where the ONNX file of `checkpoint` goes: `output`, or beside it (`best.pt` -> `best.onnx`)."
-    if output is None: return Path(checkpoint).with_suffix('.onnx')
+    ("Where the ONNX file of `checkpoint` goes: `output`, or beside it (`best.pt` -> `best.onnx`); "
+     "a CV folder's ensemble goes inside it (`runs/NAME_cv/ensemble.onnx`).")
+    ck = Path(checkpoint)
+    name = ENSEMBLE_NAME if ck.is_dir() else ck.with_suffix('.onnx').name
+    if output is None: return ck/name if ck.is_dir() else ck.with_suffix('.onnx')
     output = Path(output)
-    return output/Path(checkpoint).with_suffix('.onnx').name if output.is_dir() else output
+    return output/name if output.is_dir() else output
 
-def export_onnx(checkpoint, # a best.pt or last.pt written by ml-train
+def export_onnx(checkpoint, # a best.pt or last.pt written by ml-train, or a CV folder
                 output=None, # the .onnx file (None: beside the checkpoint, best.pt -> best.onnx)
                 opset:int|None=None, # ONNX opset (None: DEFAULT_OPSET)
                 input_size=None, # (height, width); None: the run's data.image_size
+                with_preprocessing:bool=False, # take uint8 (N, H, W, 3); see add_preprocessing
                ) -> Path:
     "Export `checkpoint` to ONNX (dynamic batch axis, metadata), written atomically; its path."
+    if with_preprocessing: _check_pre_opset(opset)
     model, ck = _load(checkpoint)
     meta = export_metadata(ck, input_size, checkpoint)
     data = model_to_onnx(model, meta['input_size'], opset, meta)
+    if with_preprocessing: data = add_preprocessing(data)
     return atomic_write(default_output(checkpoint, output), data)
 
 # %% ../nbs/12_export.ipynb #53b4a0b2
@@ -201,7 +226,14 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_export.ipynb #db31db1d
+# %% ../nbs/12_export.ipynb #2f60cc42
+def decode(img, # an image path or a PIL image
+          ) -> np.ndarray:
+    ("`img` as a uint8 (height, width, 3) array at its own size: upright (EXIF) RGB by imgcls's "
+     "colour policy (`to_rgb`), not resized. What a model with preprocessing inside takes.")
+    im = to_rgb(img) if isinstance(img, Image.Image) else load_image(img)
+    return np.asarray(im, dtype=np.uint8)
+
 def softmax(z:np.ndarray) -> np.ndarray:
     "Softmax over the last axis, computed stably."
     e = np.exp(z - z.max(-1, keepdims=True))
@@ -235,24 +267,33 @@ class OnnxPredictor:
                               'export it with ml-export')
         self.classes, self.input_size = self.meta['classes'], tuple(self.meta['input_size'])
         self.input_name = self.session.get_inputs()[0].name
+        self.takes_uint8 = self.session.get_inputs()[0].type == 'tensor(uint8)'
 
     def preprocess(self, img) -> np.ndarray:
-        "The model's input for one image (see `preprocess`)."
+        ("The model's input for one image: the float32 CHW array of `preprocess`, or for a model "
+         "with the preprocessing inside, the decoded uint8 HWC image (`decode`).")
+        if self.takes_uint8: return decode(img)
         m = self.meta
         return preprocess(img, self.input_size, m['resize_size'], m['mean'], m['std'])
 
     def run(self, x:np.ndarray) -> np.ndarray:
-        "Logits for a preprocessed float32 batch (N, 3, H, W)."
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        ("Logits for a batch of model inputs: preprocessed float32 (N, 3, H, W), or uint8 "
+         "(N, height, width, 3) images of one size for a model with the preprocessing inside.")
+        dt = np.uint8 if self.takes_uint8 else np.float32
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dt)})[0]
 
     def logits(self, images, # a path or PIL image, or a list of them
                batch_size:int=32) -> np.ndarray:
-        "Logits (N, classes) for `images`, preprocessed and run in batches."
+        "Logits (N, classes) for `images`, preprocessed and run in batches (of one size each)."
         if isinstance(images, (str, os.PathLike, Image.Image)): images = [images]
         images = list(images)
-        out = [self.run(np.stack([self.preprocess(i) for i in images[s:s + batch_size]]))
-               for s in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        out = np.zeros((len(images), len(self.classes)), np.float32)
+        for s in range(0, len(images), batch_size):
+            xs, groups = [self.preprocess(i) for i in images[s:s + batch_size]], {}
+            for j, x in enumerate(xs): groups.setdefault(x.shape, []).append(j)
+            for js in groups.values():
+                out[[s + j for j in js]] = self.run(np.stack([xs[j] for j in js]))
+        return out
 
     def predict_proba(self, images, batch_size:int=32) -> np.ndarray:
         "Class probabilities (N, classes) for `images`, calibrated by the file's temperature."
@@ -277,10 +318,12 @@ class OnnxPredictor:
 
     def __repr__(self):
         m = self.meta
-        return (f"OnnxPredictor({m.get('architecture')}, {len(self.classes)} classes, "
-                f"input {self.input_size[0]}x{self.input_size[1]})")
+        inp = ('uint8 images, preprocessing inside, ' if self.takes_uint8 else '')
+        ens = f", ensemble of {m['folds']} folds" if m.get('folds') else ''
+        return (f"OnnxPredictor({m.get('architecture')}{ens}, {len(self.classes)} classes, "
+                f"{inp}input {self.input_size[0]}x{self.input_size[1]})")
 
-# %% ../nbs/12_export.ipynb #1058f815
+# %% ../nbs/12_export.ipynb #8b629019
 def validate_onnx(src, # an .onnx path or the model's bytes
                   batch_size:int=16, # the batch N run besides batch 1
                  ) -> dict:
@@ -294,36 +337,50 @@ def validate_onnx(src, # an .onnx path or the model's bytes
     except Exception as e:
         raise ExportError(f'{name}: onnx.checker rejects it ({_first_line(e)})') from None
     meta = parse_metadata({p.key: p.value for p in proto.metadata_props})
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    inp = proto.graph.input[0].type.tensor_type
+    dims, uint8 = inp.shape.dim, inp.elem_type == onnx.TensorProto.UINT8
     if not dims or not dims[0].dim_param:
         raise ExportError(f'{name}: the batch axis is fixed ({dims[0].dim_value if dims else "?"})'
                           ', not dynamic')
+    if uint8 and not (len(dims) == 4 and dims[1].dim_param and dims[2].dim_param):
+        raise ExportError(f'{name}: a uint8 image input must be (batch, height, width, 3) with '
+                          'height and width dynamic')
     h, w = meta.get('input_size') or [d.dim_value for d in dims[2:]]
     n_cls = meta.get('num_classes') or proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     sess = _session(src)
-    x = np.random.default_rng(0).standard_normal((max(batch_size, 2), 3, h, w), dtype=np.float32)
-    runs, outs = [], {}
-    for b in (1, max(batch_size, 2)):
-        try: y = sess.run(None, {sess.get_inputs()[0].name: x[:b]})[0]
+    rng, n = np.random.default_rng(0), max(batch_size, 2)
+    if uint8:  # images larger than the crop and of another shape, then a small one at batch 1
+        r = int(meta.get('resize_size') or max(h, w))
+        x = rng.integers(0, 256, (n, r + r // 2 + 1, r + 3, 3), dtype=np.uint8)
+        tries = [(1, x[:1]), (n, x), (1, rng.integers(0, 256, (1, h // 2 + 1, w, 3), np.uint8))]
+    else:
+        x = rng.standard_normal((n, 3, h, w), dtype=np.float32)
+        tries = [(1, x[:1]), (n, x)]
+    runs, outs = [], []
+    for b, xb in tries:
+        try: y = sess.run(None, {sess.get_inputs()[0].name: xb})[0]
         except Exception as e:
-            raise ExportError(f'{name}: ONNX Runtime fails at batch {b} '
-                              f'({_first_line(e)})') from None
+            raise ExportError(f'{name}: ONNX Runtime fails at batch {b} (input '
+                              f'{"x".join(map(str, xb.shape))}: {_first_line(e)})') from None
         if tuple(y.shape) != (b, n_cls):
             raise ExportError(f'{name}: output shape {tuple(y.shape)} at batch {b}, '
                               f'expected {(b, n_cls)}')
         if not np.isfinite(y).all(): raise ExportError(f'{name}: non-finite outputs at batch {b}')
-        runs.append({'batch': b, 'output_shape': list(y.shape)}); outs[b] = y
-    diff = float(np.abs(outs[1][0] - outs[max(batch_size, 2)][0]).max())
-    if diff > 1e-3 * max(1.0, float(np.abs(outs[1]).max())):
+        runs.append({'batch': b, 'input_shape': list(xb.shape), 'output_shape': list(y.shape)})
+        outs.append(y)
+    diff = float(np.abs(outs[0][0] - outs[1][0]).max())
+    if diff > 1e-3 * max(1.0, float(np.abs(outs[0]).max())):
         raise ExportError(f'{name}: image 0 gets other logits alone than in a batch '
                           f'(max difference {diff:.3g})')
     return {'passed': True, 'checker': 'ok', 'opset': _opset_of(proto),
-            'input': [dims[0].dim_param] + [d.dim_value for d in dims[1:]],
+            'input': [d.dim_param or d.dim_value for d in dims],
+            'input_type': 'uint8' if uint8 else 'float32',
             'runs': runs, 'batch_consistency_max_abs_diff': diff}
 
-# %% ../nbs/12_export.ipynb #ab9a0a69
+# %% ../nbs/12_export.ipynb #b6109384
 def _check_args(atol:float=0.0, min_agreement:float=0.0, batch_size:int=1, max_images=None,
-                bench_iters:int=1, bench_warmup:int=0, bench_threads:int|None=None):
+                bench_iters:int=1, bench_warmup:int=0, bench_threads:int|None=None,
+                calib_images:int=1):
     "Refuse thresholds and counts that make no sense, before any work."
     bad = [(atol >= 0, f'atol must be >= 0, got {atol}'),
            (0 <= min_agreement <= 1, f'min_agreement must be between 0 and 1, got {min_agreement}'),
@@ -332,7 +389,8 @@ def _check_args(atol:float=0.0, min_agreement:float=0.0, batch_size:int=1, max_i
            (bench_iters >= 1, f'bench_iters must be >= 1, got {bench_iters}'),
            (bench_warmup >= 0, f'bench_warmup must be >= 0, got {bench_warmup}'),
            (bench_threads is None or bench_threads >= 1,
-            f'bench_threads must be >= 1, got {bench_threads}')]
+            f'bench_threads must be >= 1, got {bench_threads}'),
+           (calib_images >= 1, f'calib_images must be >= 1, got {calib_images}')]
     for ok, msg in bad:
         if not ok: raise ExportError(msg)
 
@@ -342,8 +400,8 @@ def _test_data_dir(ck:dict, checkpoint, data_dir=None) -> Path:
     else:
         dd = Path(ck['config']['data']['data_dir'])
         cands = [dd]
-        parents = Path(checkpoint).resolve().parents  # root/runs/NAME/weights/best.pt
-        if not dd.is_absolute() and len(parents) > 3: cands.append(parents[3]/dd)
+        # relative to the project: root/runs/NAME/weights/best.pt, root/runs/NAME_cv
+        if not dd.is_absolute(): cands += [a/dd for a in Path(checkpoint).resolve().parents[:5]]
     for c in cands:
         if (c/'splits'/'test.txt').is_file(): return c
     raise ExportError(f"{checkpoint}: the run's test images are not found "
@@ -424,81 +482,441 @@ def compare_with_pytorch(checkpoint, # the .pt the model was exported from
     return _compare(model, ck, meta, src, checkpoint, data_dir, max_images, atol, min_agreement,
                     batch_size)
 
-# %% ../nbs/12_export.ipynb #66d799c5
-def _times(fn, iters:int, warmup:int) -> np.ndarray:
-    for _ in range(warmup): fn()
+# %% ../nbs/12_export.ipynb #a0057336
+IMAGE_NAME = 'image'  # the input of a model with the preprocessing inside
+_PRE = 'imgcls_pre/'   # prefix of the preprocessing's node and tensor names
+PRE_MIN_OPSET = 18     # Resize's antialias attribute
+
+def _check_pre_opset(opset:int|None):
+    if opset is not None and int(opset) < PRE_MIN_OPSET:
+        raise ExportError(f'--with-preprocessing needs opset {PRE_MIN_OPSET} or later (its Resize '
+                          f'antialiases as Pillow does); got --opset {opset}')
+
+def preprocessing_graph(meta:dict, # export metadata: input_size, resize_size, mean, std
+                        opset:int=DEFAULT_OPSET, # the opset of the model it precedes (>= 18)
+                       ):
+    ("An ONNX model from uint8 images `image` (batch, height, width, 3) to the normalised float32 "
+     "batch `input` (batch, 3, H, W) the classifier takes: imgcls's evaluation preprocessing.")
+    (onnx,) = _require('onnx')
+    from onnx import TensorProto as T, helper as oh, numpy_helper as nh
+    _check_pre_opset(opset)
+    (ch, cw), r = (int(v) for v in meta['input_size']), int(meta['resize_size'])
+    P = lambda n: _PRE + n
+    consts = {'zero2': np.zeros(2, np.int64), 'one': np.ones(1, np.int64), 'two': np.array([2]),
+              'i2': np.array([2]), 'i4': np.array([4]), 'i0': np.array([0]),
+              'r': np.array([r]), 'crop': np.array([ch, cw]), 'two_f': np.array([2.0], np.float32),
+              'axes_hw': np.array([2, 3]), 'scale': np.array(1 / 255, np.float32),
+              'mean': np.asarray(meta['mean'], np.float32).reshape(1, 3, 1, 1),
+              'std': np.asarray(meta['std'], np.float32).reshape(1, 3, 1, 1)}
+    inits = [nh.from_array(v.astype(np.int64) if v.dtype.kind == 'i' else v, P(k))
+             for k, v in consts.items()]
+    N = lambda op, ins, out, **kw: oh.make_node(op, [P(i) if i else '' for i in ins], [P(out)],
+                                                name=P(out), **kw)
+    nodes = [
+        oh.make_node('Transpose', [IMAGE_NAME], [P('nchw')], name=P('nchw'), perm=[0, 3, 1, 2]),
+        N('Shape', ['nchw'], 'shape'),
+        N('Slice', ['shape', 'i2', 'i4'], 'hw'),                  # (H, W)
+        N('ReduceMin', ['hw'], 'short', keepdims=1),
+        N('Mul', ['hw', 'r'], 'hw_r'),
+        N('Div', ['hw_r', 'short'], 'new_hw'),                   # floor(r * side / short)
+        N('Slice', ['shape', 'i0', 'i2'], 'nc'),
+        N('Concat', ['nc', 'new_hw'], 'sizes', axis=0),
+        N('Resize', ['nchw', '', '', 'sizes'], 'resized', mode='linear', antialias=1,
+          exclude_outside=1, coordinate_transformation_mode='half_pixel'),
+        N('Sub', ['crop', 'new_hw'], 'short_by'),               # pad when the crop is larger
+        N('Max', ['short_by', 'zero2'], 'pad'),
+        N('Div', ['pad', 'two'], 'pad_lo'),
+        N('Add', ['pad', 'one'], 'pad_1'),
+        N('Div', ['pad_1', 'two'], 'pad_hi'),
+        N('Concat', ['zero2', 'pad_lo', 'zero2', 'pad_hi'], 'pads', axis=0),
+        N('Pad', ['resized', 'pads'], 'padded'),
+        N('Max', ['new_hw', 'crop'], 'padded_hw'),
+        N('Sub', ['padded_hw', 'crop'], 'margin'),
+        N('Cast', ['margin'], 'margin_f', to=T.FLOAT),
+        N('Div', ['margin_f', 'two_f'], 'half_margin'),
+        N('Round', ['half_margin'], 'start_f'),                # half to even, as Python's round
+        N('Cast', ['start_f'], 'start', to=T.INT64),
+        N('Add', ['start', 'crop'], 'end'),
+        N('Slice', ['padded', 'start', 'end', 'axes_hw'], 'cropped'),
+        N('Cast', ['cropped'], 'f', to=T.FLOAT),
+        N('Mul', ['f', 'scale'], 'unit'),                # as torchvision's ToDtype(scale=True)
+        N('Sub', ['unit', 'mean'], 'centred'),
+        oh.make_node('Div', [P('centred'), P('std')], [INPUT_NAME], name=P('normalised'))]
+    g = oh.make_graph(nodes, 'imgcls_preprocessing',
+                      [oh.make_tensor_value_info(IMAGE_NAME, T.UINT8,
+                                                 ['batch', 'height', 'width', 3])],
+                      [oh.make_tensor_value_info(INPUT_NAME, T.FLOAT, ['batch', 3, ch, cw])], inits)
+    return oh.make_model(g, opset_imports=[oh.make_opsetid('', int(opset))])
+
+def add_preprocessing(model:bytes, # an imgcls ONNX model taking the float batch `input`
+                     ) -> bytes:
+    ("`model` with `preprocessing_graph` in front: it takes uint8 images `image` (batch, height, "
+     "width, 3); the sizes and normalisation come from its metadata, which says what it takes.")
+    (onnx,) = _require('onnx')
+    proto = onnx.load_from_string(model)
+    meta = parse_metadata({p.key: p.value for p in proto.metadata_props})
+    g = proto.graph
+    if [i.name for i in g.input] != [INPUT_NAME] or 'input_size' not in meta:
+        raise ExportError(f'add_preprocessing takes an imgcls model with one float input '
+                          f'{INPUT_NAME!r}; this one has {[i.name for i in g.input]}')
+    pre = preprocessing_graph(meta, _opset_of(proto))
+    nodes = list(pre.graph.node) + list(g.node)
+    del g.node[:]; g.node.extend(nodes)
+    g.initializer.extend(pre.graph.initializer)
+    del g.input[:]; g.input.extend(pre.graph.input)
+    (h, w), r = meta['input_size'], meta['resize_size']
+    meta.update(input_name=IMAGE_NAME, input_layout='NHWC uint8 RGB (batch, height, width, 3)',
+                preprocessing=f'in the graph: shorter side resized to {r} (bilinear, antialiased), '
+                              f'centre crop {h}x{w}, /255, normalised by mean and std')
+    onnx.helper.set_model_props(proto, _props(meta))
+    return proto.SerializeToString()
+
+# %% ../nbs/12_export.ipynb #744066ea
+def _raw_parity(model, ck:dict, meta:dict, src, checkpoint, data_dir=None, max_images=None,
+                progress:bool|None=None) -> dict:
+    from imgcls.config import Config
+    from imgcls.inference import Predictor
+    ddir = _test_data_dir(ck, checkpoint, data_dir)
+    ds = _test_dataset(ck, meta, ddir, max_images)
+    if not len(ds): raise ExportError(f"{ddir}: the test split is empty; nothing to compare on")
+    paths, labels = [ds.path(i) for i in range(len(ds))], np.asarray(ds.targets)
+    cfg = Config(ck['config'])
+    (h, w), r = meta['input_size'], int(meta['resize_size'])
+    cfg.data['image_size'], cfg.data['resize_size'] = (h if h == w else [h, w]), r
+    pt = Predictor(model, ck['classes'], cfg, device='cpu', batch_size=32)
+    pt.temperature = float(ck.get('temperature', 1.0))
+    p_pt = pt.predict_proba(paths, progress=progress)[1].numpy()
+    onnx_pred = OnnxPredictor(src)
+    p_onnx = onnx_pred.predict_proba(paths)
+    (onnx,) = _require('onnx')
+    opset = _opset_of(onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(str(src)))
+    pre = _session(preprocessing_graph(meta, opset).SerializeToString())
+    s255 = np.asarray(meta['std'], np.float32).reshape(3, 1, 1) * 255
+    in_diff = levels = 0.0
+    for p in paths:
+        d = np.abs(pre.run(None, {IMAGE_NAME: decode(p)[None]})[0][0] - pt.preprocess(p).numpy())
+        in_diff, levels = max(in_diff, float(d.max())), max(levels, float((d * s255).max()))
+    agree = p_pt.argmax(1) == p_onnx.argmax(1)
+    dp = np.abs(p_pt - p_onnx)
+    return {'images': len(paths), 'data_dir': str(ddir), 'top1_agreement': float(agree.mean()),
+            'max_prob_diff': float(dp.max()), 'mean_prob_diff': float(dp.mean()),
+            'max_abs_input_diff': in_diff, 'max_input_diff_grey_levels': levels,
+            'accuracy': {'pytorch': float((p_pt.argmax(1) == labels).mean()),
+                         'onnx': float((p_onnx.argmax(1) == labels).mean())},
+            'disagreements': [str(p) for p, a in zip(paths, agree) if not a][:20]}
+
+def compare_preprocessing(checkpoint, # the .pt (or CV folder) the model was exported from
+                          src, # a model exported with_preprocessing: an .onnx path or its bytes
+                          data_dir=None, # dataset folder (None: the checkpoint config's data_dir)
+                          max_images:int|None=None, # use N test images, spread (None: all)
+                          progress:bool|None=None, # progress bar (None: in Jupyter and terminals)
+                         ) -> dict:
+    ("A model with the preprocessing inside, on the test split's raw image files, against "
+     "imgcls's `Predictor` on the same files: top-1 agreement, probability and input differences.")
+    _check_args(max_images=max_images)
+    src = src if isinstance(src, bytes) else Path(src)
+    meta = OnnxPredictor(src).meta
+    if not OnnxPredictor(src).takes_uint8:
+        raise ExportError(f"{src if not isinstance(src, bytes) else 'the model'}: takes float "
+                          'input, not images; compare it with compare_with_pytorch')
+    model, ck = _load(checkpoint)
+    return _raw_parity(model, ck, meta, src, checkpoint, data_dir, max_images, progress)
+
+def _parity_line(pp:dict) -> str:
+    if 'skipped' in pp: return f"preprocessing parity: skipped ({pp['skipped']})"
+    a = pp['accuracy']
+    return (f"preprocessing parity on {pp['images']} raw test images (ONNX graph vs imgcls "
+            f"Predictor): top-1 agreement {pp['top1_agreement']:.2%}, max |prob diff| "
+            f"{pp['max_prob_diff']:.3g}, max input diff {pp['max_input_diff_grey_levels']:.2f} "
+            f"grey levels; test accuracy PyTorch {a['pytorch']:.4f}, ONNX {a['onnx']:.4f}")
+
+# %% ../nbs/12_export.ipynb #31b7aa15
+def _progress(iterable, total=None, desc='', enabled:bool|None=None):
+    "`imgcls.trainer.progress_bar` (imported here: it needs torch, which its callers have loaded)."
+    from imgcls.trainer import progress_bar
+    return progress_bar(iterable, total=total, desc=desc, enabled=enabled)
+
+def _times(fn, iters:int, warmup:int, desc:str='', progress:bool|None=None) -> np.ndarray:
+    "Seconds of each of `iters` runs of `fn` after `warmup` untimed ones."
     out = []
-    for _ in range(iters):
-        t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
+    for i in _progress(range(warmup + iters), total=warmup + iters, desc=desc, enabled=progress):
+        t = time.perf_counter(); fn(); t = time.perf_counter() - t
+        if i >= warmup: out.append(t)
     return np.asarray(out)
 
-def _bench(model, src, input_size, batch_size:int=16, iters:int=20, warmup:int=3,
-           threads:int|None=None) -> dict:
+def _time_engines(engines:dict, # name -> (batch-1 function, batch-N function)
+                  batch_size:int, iters:int, warmup:int, progress:bool|None=None) -> dict:
+    "Latency at batch 1 (median, p95) and throughput at batch N of each engine."
+    n_iters, res = max(int(iters) // 4, 3), {}
+    for name, (f1, fn) in engines.items():
+        t1 = _times(f1, iters, warmup, f'benchmark {name}, batch 1', progress)
+        tn = _times(fn, n_iters, warmup, f'benchmark {name}, batch {batch_size}', progress)
+        res[name] = {'latency_ms_median': float(np.median(t1) * 1e3),
+                     'latency_ms_p95': float(np.percentile(t1, 95) * 1e3),
+                     'throughput_ips': float(batch_size / np.median(tn))}
+    return res
+
+def _bench_inputs(meta:dict, uint8:bool, batch_size:int) -> tuple:
+    "Random batch-1 and batch-N inputs of the model: float (N, 3, H, W) or uint8 photos."
+    rng = np.random.default_rng(0)
+    if uint8:
+        r = int(meta['resize_size'])
+        xn = rng.integers(0, 256, (batch_size, 2 * r, 2 * r * 4 // 3, 3), dtype=np.uint8)
+    else: xn = rng.standard_normal((batch_size, 3, *meta['input_size']), dtype=np.float32)
+    return np.ascontiguousarray(xn[:1]), xn
+
+def _describe_input(meta:dict, x:np.ndarray) -> str:
+    h, w = meta['input_size']
+    if x.dtype == np.uint8:
+        return f'uint8 {x.shape[1]}x{x.shape[2]}x3 images, preprocessed in the graph to 3x{h}x{w}'
+    return f'3x{h}x{w}'
+
+def _torch_preprocess(meta:dict):
+    "torchvision's evaluation preprocessing of a uint8 (N, H, W, 3) NumPy batch, on tensors."
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+    (h, w), r = meta['input_size'], int(meta['resize_size'])
+    def f(x):
+        t = TF.resize(torch.from_numpy(x).permute(0, 3, 1, 2), [r], antialias=True)
+        t = TF.to_dtype(TF.center_crop(t, [h, w]), torch.float32, scale=True)
+        return TF.normalize(t, meta['mean'], meta['std'])
+    return f
+
+def _bench(model, src, meta:dict, batch_size:int=16, iters:int=20, warmup:int=3,
+           threads:int|None=None, progress:bool|None=None) -> dict:
     import torch
     before = torch.get_num_threads()
     threads = int(threads or before)
     torch.set_num_threads(threads)
-    try: return _bench_run(model, _session(src, threads), input_size, batch_size, iters, warmup)
+    try: return _bench_run(model, _session(src, threads), meta, batch_size, iters, warmup,
+                           progress)
     finally: torch.set_num_threads(before)
 
-def _bench_run(model, sess, input_size, batch_size, iters, warmup) -> dict:
+def _bench_run(model, sess, meta, batch_size, iters, warmup, progress=None) -> dict:
     import torch
     threads = torch.get_num_threads()
-    name = sess.get_inputs()[0].name
-    h, w = input_size
-    g = torch.Generator().manual_seed(0)
-    x1, xn = torch.randn(1, 3, h, w, generator=g), torch.randn(batch_size, 3, h, w, generator=g)
-    a1, an = x1.numpy(), xn.numpy()
-    iters, n_iters = max(int(iters), 1), max(int(iters) // 4, 3)
+    name, uint8 = sess.get_inputs()[0].name, sess.get_inputs()[0].type == 'tensor(uint8)'
+    a1, an = _bench_inputs(meta, uint8, batch_size)
+    if uint8:
+        pre = _torch_preprocess(meta)
+        pt1, ptn = lambda: model(pre(a1)), lambda: model(pre(an))
+    else:
+        x1, xn = torch.from_numpy(a1), torch.from_numpy(an)
+        pt1, ptn = lambda: model(x1), lambda: model(xn)
+    iters = max(int(iters), 1)
     res = {'device': 'cpu', 'threads': threads, 'cpu': platform.processor() or platform.machine(),
-           'input_size': [h, w], 'batch_size': batch_size, 'iters': iters, 'warmup': warmup,
-           'iters_batch': n_iters}
+           'input_size': list(meta['input_size']), 'input': _describe_input(meta, a1),
+           'batch_size': batch_size, 'iters': iters, 'warmup': warmup,
+           'iters_batch': max(iters // 4, 3)}
     with torch.inference_mode():
-        for engine, f1, fn in [
-                ('pytorch', lambda: model(x1), lambda: model(xn)),
-                ('onnxruntime', lambda: sess.run(None, {name: a1}),
-                 lambda: sess.run(None, {name: an}))]:
-            t1, tn = _times(f1, iters, warmup), _times(fn, n_iters, warmup)
-            res[engine] = {'latency_ms_median': float(np.median(t1) * 1e3),
-                           'latency_ms_p95': float(np.percentile(t1, 95) * 1e3),
-                           'throughput_ips': float(batch_size / np.median(tn))}
+        res.update(_time_engines({'pytorch': (pt1, ptn),
+                                  'onnxruntime': (lambda: sess.run(None, {name: a1}),
+                                                  lambda: sess.run(None, {name: an}))},
+                                 batch_size, iters, warmup, progress))
     res['speedup_latency'] = (res['pytorch']['latency_ms_median']
                               / res['onnxruntime']['latency_ms_median'])
     res['speedup_throughput'] = (res['onnxruntime']['throughput_ips']
                                  / res['pytorch']['throughput_ips'])
     return res
 
-def benchmark_onnx(checkpoint, # the .pt the model was exported from
+def benchmark_onnx(checkpoint, # the .pt (or CV folder) the model was exported from
                    src, # the exported model: an .onnx path or its bytes
                    batch_size:int=16, # batch N of the throughput measurement
                    iters:int=20, # timed runs at batch 1 (batch N: a quarter, at least 3)
                    warmup:int=3, # untimed runs first
                    threads:int|None=None, # threads of both engines (None: torch's default)
+                   progress:bool|None=None, # progress bar (None: in Jupyter and terminals)
                   ) -> dict:
     "Batch-1 latency (median, p95) and batch-N throughput of PyTorch eager and ONNX Runtime."
     _check_args(batch_size=batch_size, bench_iters=iters, bench_warmup=warmup,
                 bench_threads=threads)
     model, _ = _load(checkpoint)
     src = src if isinstance(src, bytes) else Path(src)
-    return _bench(model, src, OnnxPredictor(src).input_size, batch_size, iters, warmup, threads)
+    return _bench(model, src, OnnxPredictor(src).meta, batch_size, iters, warmup, threads,
+                  progress)
 
-def format_benchmark(b:dict) -> str:
-    "The benchmark as a text table."
-    h, w = b['input_size']
-    p, o = b['pytorch'], b['onnxruntime']
-    rows = [("batch 1 latency, median (ms)", p['latency_ms_median'], o['latency_ms_median'],
+def _speed_rows(b:dict, a:str, z:str) -> list:
+    p, o = b[a], b[z]
+    return [("batch 1 latency, median (ms)", p['latency_ms_median'], o['latency_ms_median'],
              p['latency_ms_median'] / o['latency_ms_median']),
             ("batch 1 latency, p95 (ms)", p['latency_ms_p95'], o['latency_ms_p95'],
              p['latency_ms_p95'] / o['latency_ms_p95']),
             (f"batch {b['batch_size']} throughput (images/s)", p['throughput_ips'],
              o['throughput_ips'], o['throughput_ips'] / p['throughput_ips'])]
-    head = (f"benchmark: {b['device']}, {b['threads']} thread(s), input 3x{h}x{w}, "
-            f"{b['iters']} runs at batch 1, {b['iters_batch']} at batch {b['batch_size']}")
+
+def format_benchmark(b:dict) -> str:
+    "The benchmark as a text table."
+    h, w = b['input_size']
+    head = (f"benchmark: {b['device']}, {b['threads']} thread(s), input "
+            f"{b.get('input', f'3x{h}x{w}')}, {b['iters']} runs at batch 1, {b['iters_batch']} "
+            f"at batch {b['batch_size']}")
     lines = [head, f"{'':34} {'PyTorch eager':>14} {'ONNX Runtime':>14} {'ORT speed-up':>13}"]
-    lines += [f'{r[0]:34} {r[1]:14.3f} {r[2]:14.3f} {r[3]:12.2f}x' for r in rows]
+    lines += [f'{r[0]:34} {r[1]:14.3f} {r[2]:14.3f} {r[3]:12.2f}x'
+              for r in _speed_rows(b, 'pytorch', 'onnxruntime')]
     return '\n'.join(lines)
 
-# %% ../nbs/12_export.ipynb #3ad87152
+# %% ../nbs/12_export.ipynb #99156afb
+QUANTIZE_CHOICES = ('int8',)
+
+def _check_quantize(quantize):
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ExportError(f"--quantize takes int8 (static QDQ, calibrated on the run's training "
+                          f'images); got {quantize!r}')
+
+def int8_path(onnx_path) -> Path:
+    "Where the int8 copy of `onnx_path` goes: beside it, `best.onnx` -> `best.int8.onnx`."
+    p = Path(onnx_path)
+    return p.with_name(f'{p.stem}.int8.onnx')
+
+def calibration_images(checkpoint, # the .pt (or CV folder) the model comes from
+                       n:int=128, # at most this many images, spread over the splits
+                       data_dir=None, # dataset folder (None: the checkpoint config's data_dir)
+                      ) -> list[Path]:
+    "Images int8 calibration sees: the run's fold's training and validation images, spread evenly."
+    return _calibration_images(_load_ck(checkpoint), checkpoint, n, data_dir)
+
+def _load_ck(checkpoint) -> dict:
+    if _is_cv(checkpoint): return _load(checkpoint)[1]
+    from imgcls.checkpoint import load_checkpoint
+    return load_checkpoint(checkpoint, map_location='cpu')
+
+def _calibration_images(ck:dict, checkpoint, n:int=128, data_dir=None) -> list[Path]:
+    from imgcls.config import Config
+    from imgcls.data import get_datasets
+    try: ddir = _test_data_dir(ck, checkpoint, data_dir)
+    except ExportError as e:
+        raise ExportError(f"int8 calibration needs the run's training images: {e}") from None
+    cfg = Config(ck['config'])
+    cfg.data['data_dir'] = str(ddir)
+    ds = get_datasets(cfg, splits=('train', 'val'), preload=False)
+    paths = sorted(ddir/rel for s in ('train', 'val') for rel, _ in ds[s].items)
+    if not paths: raise ExportError(f"{ddir}: no training images to calibrate int8 on")
+    idx = np.unique(np.linspace(0, len(paths) - 1, min(int(n), len(paths))).round().astype(int))
+    return [paths[i] for i in idx]
+
+def quantize_onnx(src, # a float-input imgcls ONNX model: an .onnx path or its bytes
+                  calibration, # images (paths or PIL images), or a preprocessed (N, 3, H, W) array
+                  per_channel:bool=True, # one weight scale per output channel
+                  batch_size:int=16, # images a calibration run
+                 ) -> bytes:
+    ("int8 copy of `src`: ONNX Runtime's static QDQ quantization, int8 weights and activations, "
+     "activation ranges calibrated (min/max) on `calibration`.")
+    onnx, _ = _require('onnx', 'onnxruntime')
+    import logging, tempfile
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quant_pre_process, quantize_static)
+    data = src if isinstance(src, bytes) else Path(src).read_bytes()
+    pred = OnnxPredictor(data)
+    if pred.takes_uint8:
+        raise ExportError('quantize the float model, then add the preprocessing '
+                          "(export_checkpoint(..., with_preprocessing=True, quantize='int8') does)")
+    x = (np.asarray(calibration, np.float32) if isinstance(calibration, np.ndarray)
+         else np.stack([pred.preprocess(i) for i in calibration]) if len(calibration) else None)
+    if x is None or not len(x): raise ExportError('int8 calibration needs at least one image')
+    batches = [{pred.input_name: x[s:s + batch_size]} for s in range(0, len(x), batch_size)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self): self.it = iter(batches)
+        def get_next(self): return next(self.it, None)
+        def rewind(self): self.it = iter(batches)
+
+    logging.disable(logging.WARNING)  # the quantizer logs advice through the root logger
+    try:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter('ignore')
+            f32, prep, q = Path(d)/'fp32.onnx', Path(d)/'prep.onnx', Path(d)/'int8.onnx'
+            f32.write_bytes(data)
+            quant_pre_process(str(f32), str(prep))
+            quantize_static(str(prep), str(q), _Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+            proto = onnx.load(str(q))
+    except ImgclsError: raise
+    except Exception as e:
+        raise ExportError(f'int8 quantization failed ({_first_line(e)})') from None
+    finally: logging.disable(logging.NOTSET)
+    meta = {**pred.meta, 'quantization': f'int8 static QDQ (ONNX Runtime): int8 weights '
+            f"({'per channel' if per_channel else 'per tensor'}), int8 activations, ranges "
+            f'calibrated (min/max) on {len(x)} images'}
+    onnx.helper.set_model_props(proto, _props(meta))
+    proto.doc_string = f"imgcls classifier ({meta.get('architecture')}), int8"
+    return proto.SerializeToString()
+
+def _op_counts(data:bytes) -> dict:
+    (onnx,) = _require('onnx')
+    from collections import Counter
+    return dict(Counter(n.op_type for n in onnx.load_from_string(data).graph.node))
+
+def _quant_compare(fp32:bytes, int8:bytes, paths:list, labels, batch_size:int=16,
+                   iters:int=20, warmup:int=3, threads:int|None=None,
+                   progress:bool|None=None) -> dict:
+    "fp32 vs int8 ONNX Runtime: accuracy and agreement on `paths`, then speed on random inputs."
+    a, b = OnnxPredictor(fp32, threads=threads), OnnxPredictor(int8, threads=threads)
+    pa, pb = a.predict_proba(paths), b.predict_proba(paths)
+    labels = np.asarray(labels)
+    acc = {'fp32': float((pa.argmax(1) == labels).mean()),
+           'int8': float((pb.argmax(1) == labels).mean())}
+    ops = _op_counts(int8)
+    res = {'images': len(paths), 'accuracy': {**acc, 'change': acc['int8'] - acc['fp32']},
+           'top1_agreement': float((pa.argmax(1) == pb.argmax(1)).mean()),
+           'max_prob_diff': float(np.abs(pa - pb).max()), 'bytes': len(int8),
+           'fp32_bytes': len(fp32), 'quantized_ops': {k: ops.get(k, 0) for k in
+                                                      ('QuantizeLinear', 'DequantizeLinear')}}
+    a1, an = _bench_inputs(a.meta, a.takes_uint8, batch_size)
+    iters = max(int(iters), 1)
+    sp = {'threads': threads, 'input': _describe_input(a.meta, a1), 'batch_size': batch_size,
+          'iters': iters, 'warmup': warmup, 'iters_batch': max(iters // 4, 3)}
+    sp.update(_time_engines({k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: a1}),
+                                 lambda s=s: s.run(None, {s.get_inputs()[0].name: an}))
+                             for k, s in (('fp32', a.session), ('int8', b.session))},
+                            batch_size, iters, warmup, progress))
+    sp['speedup_latency'] = sp['fp32']['latency_ms_median'] / sp['int8']['latency_ms_median']
+    sp['speedup_throughput'] = sp['int8']['throughput_ips'] / sp['fp32']['throughput_ips']
+    res['speed'] = sp
+    return res
+
+def compare_quantized(checkpoint, # the .pt (or CV folder) the models come from
+                      fp32, # the float model: an .onnx path or its bytes
+                      int8, # its int8 copy: an .onnx path or its bytes
+                      data_dir=None, # dataset folder (None: the checkpoint config's data_dir)
+                      max_images:int|None=None, # use N test images, spread (None: all)
+                      batch_size:int=16, # batch N of the throughput measurement
+                      bench_iters:int=20, # timed runs at batch 1
+                      bench_warmup:int=3, # untimed runs first
+                      bench_threads:int|None=None, # ONNX Runtime threads (None: its choice)
+                      progress:bool|None=None, # progress bar (None: in Jupyter and terminals)
+                     ) -> dict:
+    "fp32 vs int8 on the run's test split (accuracy, agreement) and in speed, measured together."
+    _check_args(batch_size=batch_size, max_images=max_images, bench_iters=bench_iters,
+                bench_warmup=bench_warmup, bench_threads=bench_threads)
+    rd = lambda s: s if isinstance(s, bytes) else Path(s).read_bytes()
+    fp32, int8 = rd(fp32), rd(int8)
+    ck = _load_ck(checkpoint)
+    ds = _test_dataset(ck, OnnxPredictor(fp32).meta, _test_data_dir(ck, checkpoint, data_dir),
+                       max_images)
+    return _quant_compare(fp32, int8, [ds.path(i) for i in range(len(ds))], ds.targets,
+                          batch_size, bench_iters, bench_warmup, bench_threads, progress)
+
+def format_quantized(q:dict) -> list[str]:
+    "What `ml-export --quantize int8` prints about the int8 copy."
+    a, sp = q['accuracy'], q['speed']
+    lines = [f"int8: {q.get('onnx', 'the int8 model')} ({q['bytes'] / 2**20:.2f} MiB, fp32 "
+             f"{q['fp32_bytes'] / 2**20:.2f} MiB; {q['quantized_ops']['QuantizeLinear']} "
+             f"QuantizeLinear, {q['quantized_ops']['DequantizeLinear']} DequantizeLinear; "
+             f"calibrated on {q.get('calibration_images', '?')} training images)",
+             f"int8 on {q['images']} test images: accuracy fp32 {a['fp32']:.4f}, int8 "
+             f"{a['int8']:.4f} ({a['change']:+.4f}), top-1 agreement {q['top1_agreement']:.2%}, "
+             f"max |prob diff| {q['max_prob_diff']:.3g}",
+             f"int8 speed (ONNX Runtime, {sp['threads'] or 'default'} thread(s), input "
+             f"{sp['input']}, {sp['iters']} runs at batch 1, {sp['iters_batch']} at batch "
+             f"{sp['batch_size']}):",
+             f"{'':34} {'fp32':>14} {'int8':>14} {'int8 speed-up':>13}"]
+    lines += [f'{r[0]:34} {r[1]:14.3f} {r[2]:14.3f} {r[3]:12.2f}x'
+              for r in _speed_rows(sp, 'fp32', 'int8')]
+    return lines
+
+# %% ../nbs/12_export.ipynb #72a06f4a
 REPORT_NAME = 'validation_report.json'
 
 def _versions() -> dict:
@@ -509,7 +927,7 @@ def _versions() -> dict:
         except md.PackageNotFoundError: out[n] = None
     return out
 
-def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train
+def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train, or a CV folder
                       output=None, # the .onnx file (None: beside the checkpoint)
                       opset:int|None=None, # ONNX opset (None: DEFAULT_OPSET)
                       input_size=None, # (height, width); None: the run's data.image_size
@@ -519,39 +937,71 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train
                       batch_size:int=16, # batch N of validate and benchmark
                       atol:float=1e-4, # comprehensive: largest allowed |logit difference|
                       min_agreement:float=0.99, # comprehensive: smallest allowed top-1 agreement
-                      max_images:int|None=None, # comprehensive: N test images, spread evenly
-                      data_dir=None, # comprehensive: dataset folder (None: from the checkpoint)
+                      max_images:int|None=None, # test images compared, spread (None: all)
+                      data_dir=None, # dataset folder (None: from the checkpoint)
                       bench_iters:int=20, # benchmark: timed runs at batch 1
                       bench_warmup:int=3, # benchmark: untimed runs first
                       bench_threads:int|None=None, # benchmark: threads of both engines
+                      with_preprocessing:bool=False, # take uint8 images, preprocess in the graph
+                      quantize:str|None=None, # 'int8': also write NAME.int8.onnx
+                      calib_images:int=128, # int8: training images to calibrate on
+                      progress:bool|None=None, # progress bars (None: in Jupyter and terminals)
                      ) -> dict:
     "Export `checkpoint`, run the checks asked for, write the ONNX file if they pass, and report."
     _check_args(atol, min_agreement, batch_size, max_images, bench_iters, bench_warmup,
-                bench_threads)
+                bench_threads, calib_images)
+    _check_quantize(quantize)
+    if with_preprocessing: _check_pre_opset(opset)
     out = default_output(checkpoint, output)
     model, ck = _load(checkpoint)
     meta = export_metadata(ck, input_size, checkpoint)
-    data = model_to_onnx(model, meta['input_size'], opset, meta)
+    bare = model_to_onnx(model, meta['input_size'], opset, meta)
+    data = add_preprocessing(bare) if with_preprocessing else bare
     meta = OnnxPredictor(data).meta
     rep = {'checkpoint': str(checkpoint), 'onnx': str(out), 'written': False,
            'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
            'versions': _versions(), 'export': {**meta, 'bytes': len(data)}, 'failures': []}
+    int8 = None
     try:
         # always: a file whose batch axis is not dynamic is never written (--validate reports it)
         rep['validate'] = validate_onnx(data, batch_size)
         if comprehensive_validate:
             rep['comprehensive_validate'] = c = _compare(
-                model, ck, meta, data, checkpoint, data_dir, max_images, atol, min_agreement)
+                model, ck, OnnxPredictor(bare).meta, bare, checkpoint, data_dir, max_images, atol,
+                min_agreement)
             rep['failures'] += c['failures']
+        if with_preprocessing:
+            try: rep['preprocessing_parity'] = pp = _raw_parity(
+                    model, ck, meta, data, checkpoint, data_dir, max_images, progress)
+            except ExportError as e:
+                if comprehensive_validate: raise
+                rep['preprocessing_parity'] = pp = {'skipped': str(e)}
+            if comprehensive_validate and not pp['top1_agreement'] >= min_agreement:
+                rep['failures'].append(f"preprocessing parity: top-1 agreement "
+                                       f"{pp['top1_agreement']:.2%} < {min_agreement:.2%} on raw "
+                                       f"test images (max |prob diff| {pp['max_prob_diff']:.3g})")
+        if quantize and not rep['failures']:
+            calib = _calibration_images(ck, checkpoint, calib_images, data_dir)
+            q = quantize_onnx(bare, calib)
+            int8 = add_preprocessing(q) if with_preprocessing else q
+            validate_onnx(int8, batch_size)
+            ds = _test_dataset(ck, meta, _test_data_dir(ck, checkpoint, data_dir), max_images)
+            rep['quantize'] = {'onnx': str(int8_path(out)), 'written': False,
+                               'calibration_images': len(calib), **_quant_compare(
+                data, int8, [ds.path(i) for i in range(len(ds))], ds.targets, batch_size,
+                bench_iters, bench_warmup, bench_threads, progress)}
     except ImgclsError as e: rep['failures'].append(str(e))
     rep['passed'] = not rep['failures']
     if rep['passed']:
         atomic_write(out, data)
         rep['written'] = True
+        if int8 is not None:
+            atomic_write(int8_path(out), int8)
+            rep['quantize']['written'] = True
         if benchmark:
-            rep['benchmark'] = _bench(model, data, meta['input_size'], batch_size, bench_iters,
-                                      bench_warmup, bench_threads)
-    if validate or comprehensive_validate or benchmark:
+            rep['benchmark'] = _bench(model, data, meta, batch_size, bench_iters, bench_warmup,
+                                      bench_threads, progress)
+    if validate or comprehensive_validate or benchmark or with_preprocessing or quantize:
         rep['report'] = str(out.parent/REPORT_NAME)
         atomic_write(out.parent/REPORT_NAME, json.dumps(rep, indent=1) + '\n')
     if not rep['passed']:
@@ -559,7 +1009,7 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train
         raise ExportError(f"{checkpoint}: {'; '.join(rep['failures'])}; {out} not written{where}")
     return rep
 
-# %% ../nbs/12_export.ipynb #d79c1f4a
+# %% ../nbs/12_export.ipynb #78261a51
 def _is_glob(s:str) -> bool: return any(c in s for c in '*?[')
 
 def _glob_root(pattern:str) -> Path:
@@ -574,12 +1024,19 @@ def _describe(rep:dict) -> list[str]:
     "What `ml-export` prints about one export."
     e = rep['export']
     h, w = e['input_size']
-    lines = [f"wrote {rep['onnx']} (opset {e['opset']}, {e['exporter']}, input 3x{h}x{w}, "
-             f"{e['num_classes']} classes, {e['bytes'] / 2**20:.2f} MiB)"]
+    inp = (f"uint8 images (batch, height, width, 3), preprocessed in the graph to 3x{h}x{w}"
+           if e.get('input_name') == IMAGE_NAME else f'input 3x{h}x{w}')
+    ens = f", ensemble of {e['folds']} folds" if e.get('folds') else ''
+    lines = [f"wrote {rep['onnx']} (opset {e['opset']}, {e['exporter']}, {inp}, "
+             f"{e['num_classes']} classes{ens}, {e['bytes'] / 2**20:.2f} MiB)"]
+    if 'quantize' in rep and rep['quantize']['written']:
+        lines.append(f"wrote {rep['quantize']['onnx']} (int8)")
     if 'validate' in rep:
         v = rep['validate']
+        size = lambda r: (f" {r['input_shape'][1]}x{r['input_shape'][2]}"
+                          if v.get('input_type') == 'uint8' else '')
         lines.append('validate: onnx.checker ok; ONNX Runtime ' + ', '.join(
-            f"batch {r['batch']} -> {tuple(r['output_shape'])}" for r in v['runs']))
+            f"batch {r['batch']}{size(r)} -> {tuple(r['output_shape'])}" for r in v['runs']))
     if 'comprehensive_validate' in rep:
         c = rep['comprehensive_validate']
         for k in ('model', 'pipeline'):
@@ -590,12 +1047,14 @@ def _describe(rep:dict) -> list[str]:
                          f"{c['min_agreement']:.0%})")
         a = c['accuracy']
         lines.append(f"test accuracy: PyTorch {a['pytorch']:.4f}, ONNX {a['onnx']:.4f}")
+    if 'preprocessing_parity' in rep: lines.append(_parity_line(rep['preprocessing_parity']))
+    if 'quantize' in rep: lines += format_quantized(rep['quantize'])
     if 'benchmark' in rep: lines.append(format_benchmark(rep['benchmark']))
     if rep.get('report'): lines.append(f"report: {rep['report']}")
     return lines
 
-# %% ../nbs/12_export.ipynb #a1731c58
-def export(checkpoint:str, # a .pt file, or a quoted glob such as "runs/*/weights/best.pt"
+# %% ../nbs/12_export.ipynb #23bd47b1
+def export(checkpoint:str, # a .pt file, a CV folder (ml-train --fold all), or a quoted glob
            output:str=None, # the .onnx file (default: beside the checkpoint, best.pt -> best.onnx)
            opset:int=None, # ONNX opset (default 18; below 18 the TorchScript exporter is used)
            input_size:list[int]=None, # HEIGHT WIDTH of the input (default: the run's image_size)
@@ -610,17 +1069,26 @@ def export(checkpoint:str, # a .pt file, or a quoted glob such as "runs/*/weight
            bench_iters:int=20, # --benchmark: timed runs at batch 1 (batch N: a quarter, >= 3)
            bench_warmup:int=3, # --benchmark: untimed runs before timing
            bench_threads:int=None, # --benchmark: threads of both engines (default: torch's)
+           with_preprocessing:bool=False, # take uint8 images (N, H, W, 3); preprocess inside
+           quantize:str=None, # int8: also write NAME.int8.onnx, calibrated on training images
+           calib_images:int=128, # --quantize: training/validation images to calibrate on
           ):
-    "Export checkpoints to ONNX (best.pt -> best.onnx), optionally validated and benchmarked."
+    ("Export checkpoints or CV fold ensembles to ONNX (best.pt -> best.onnx, runs/NAME_cv -> "
+     "runs/NAME_cv/ensemble.onnx), optionally with the preprocessing inside, an int8 copy, "
+     "validated and benchmarked.")
     setup_logging()
     if input_size is not None: _input_size(input_size)
     _check_args(atol, min_agreement, batch_size, max_images, bench_iters, bench_warmup,
-                bench_threads)
+                bench_threads, calib_images)
+    _check_quantize(quantize)
+    if with_preprocessing: _check_pre_opset(opset)
     kw = dict(opset=opset, input_size=input_size, validate=validate,
               comprehensive_validate=comprehensive_validate, benchmark=benchmark,
               batch_size=batch_size, atol=atol, min_agreement=min_agreement,
               max_images=max_images, data_dir=data_dir, bench_iters=bench_iters,
-              bench_warmup=bench_warmup, bench_threads=bench_threads)
+              bench_warmup=bench_warmup, bench_threads=bench_threads,
+              with_preprocessing=with_preprocessing, quantize=quantize,
+              calib_images=calib_images)
     if not _is_glob(checkpoint):
         print('\n'.join(_describe(export_checkpoint(checkpoint, output, **kw))))
         return 0
@@ -630,17 +1098,23 @@ def export(checkpoint:str, # a .pt file, or a quoted glob such as "runs/*/weight
         raise ExportError(f'--output names one file but {checkpoint} matches {len(paths)} '
                           'checkpoints; leave --output out (each ONNX file goes beside its .pt)')
     results = []
-    for p in paths:
-        print(f'== {p}')
+    bar = _progress(paths, total=len(paths), desc='exporting')
+    say = getattr(bar, 'write', None)  # tqdm prints above its bar
+    out = (lambda t: say(t)) if say else print
+    err = (lambda t: say(t, file=sys.stderr)) if say else (
+        lambda t: print(t, file=sys.stderr, flush=True))
+    for p in bar:
+        out(f'== {p}')
         try:
             rep = export_checkpoint(p, output, **kw)
-            print('\n'.join(_describe(rep)))
+            out('\n'.join(_describe(rep)))
             results.append({'checkpoint': p, 'ok': True, 'onnx': rep['onnx'],
                             'report': rep.get('report')})
         except Exception as e:  # one bad checkpoint must not stop the others
             msg = str(e) if isinstance(e, ImgclsError) else f'{p}: {type(e).__name__}: {e}'
-            print(f'error: {msg}', file=sys.stderr, flush=True)
+            err(f'error: {msg}')
             results.append({'checkpoint': p, 'ok': False, 'error': msg})
+    if hasattr(bar, 'close'): bar.close()
     n_ok = sum(r['ok'] for r in results)
     summary = _glob_root(checkpoint)/'export_summary.json'
     atomic_write(summary, json.dumps({'pattern': checkpoint, 'exported': n_ok,

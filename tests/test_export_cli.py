@@ -367,3 +367,236 @@ def test_help_names_every_flag_in_both_spellings(project):
     for flag in ('--comprehensive-validate', '--comprehensive_validate', '--input_size',
                  '--input-size', '--opset', '--output', '--benchmark', '--validate'):
         assert flag in res.stdout, flag
+
+
+def test_help_names_the_deployment_flags(project):
+    res = run(['ml-export', '--help'], project)
+    assert_ok(res)
+    for flag in ('--with-preprocessing', '--with_preprocessing', '--quantize', '--calib_images',
+                 '--calib-images'):
+        assert flag in res.stdout, flag
+    assert 'CV folder' in res.stdout
+
+
+# ------------------------------------------------------------------ --with-preprocessing
+
+def decoded(path) -> np.ndarray:
+    "What a deployment feeds: the file decoded to upright uint8 RGB, not resized."
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
+
+
+def make_big_jpeg_dataset(root: Path) -> Path:
+    """data/big: the digits at 28 px, stored as JPEGs turned a quarter left with the EXIF tag
+    that turns them upright, split in 2 folds: every file is turned and downscaled."""
+    from PIL import Image
+    from imgcls.images import make_sample_dataset
+    from imgcls.splits import make_splits
+    raw = make_sample_dataset(root / 'data' / 'big', size=28, n_per_class=6)
+    for f in sorted(raw.rglob('*.png')):
+        im = Image.open(f).convert('RGB').rotate(90, expand=True)
+        exif = im.getexif()
+        exif[0x0112] = 6
+        im.save(f.with_suffix('.jpg'), quality=95, exif=exif)
+        f.unlink()
+    make_splits(raw, folds=2, seed=0)
+    return raw.parent
+
+
+def test_with_preprocessing_takes_decoded_uint8_images(project):
+    ck = project / RUN / 'weights' / 'best.pt'
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--with-preprocessing',
+               '--validate', '--comprehensive-validate'], project)
+    assert_ok(res)
+    assert 'uint8 images (batch, height, width, 3)' in res.stdout, show(res)
+    assert 'preprocessing parity on 20 raw test images' in res.stdout, show(res)
+    assert 'top-1 agreement 100.00%' in res.stdout, show(res)
+    out = ck.with_suffix('.onnx')
+    (inp,) = session(out).get_inputs()
+    assert (inp.name, inp.type, inp.shape) == ('image', 'tensor(uint8)',
+                                               ['batch', 'height', 'width', 3])
+    m = meta_of(out)
+    assert m['input_name'] == 'image' and m['input_layout'].startswith('NHWC uint8')
+    assert m['classes'] == [str(i) for i in range(10)] and 'temperature' in m
+    # our own check: ONNX Runtime on the decoded files gives PyTorch's classes
+    logits, _, _, paths = torch_test_logits(project, ck)
+    s = session(out)
+    y = np.concatenate([s.run(None, {'image': decoded(p)[None]})[0] for p in paths])
+    np.testing.assert_allclose(y, logits, atol=1e-4, rtol=0)
+    rep = json.loads((ck.parent / 'validation_report.json').read_text())
+    pp = rep['preprocessing_parity']
+    assert pp['top1_agreement'] == 1.0 and pp['images'] == 20 and rep['passed']
+    assert rep['validate']['input_type'] == 'uint8'
+    # images that need resizing: 28 px JPEGs with an EXIF rotation
+    make_big_jpeg_dataset(project)
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--with-preprocessing',
+               '--data_dir', 'data/big', '--output', 'big.onnx'], project)
+    assert_ok(res)
+    pp = json.loads((project / 'validation_report.json').read_text())['preprocessing_parity']
+    assert pp['images'] >= 10 and pp['top1_agreement'] >= 0.9, pp
+    assert pp['max_input_diff_grey_levels'] <= 1.0 + 1e-3, pp
+    assert f"top-1 agreement {pp['top1_agreement']:.2%}" in res.stdout
+
+
+@pytest.mark.fault
+def test_with_preprocessing_without_test_images_or_at_an_old_opset(project):
+    ck = project / RUN / 'weights' / 'best.pt'
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--with-preprocessing',
+               '--data_dir', 'nowhere'], project)
+    assert_ok(res)  # the file is written; the parity check says it was skipped and why
+    assert 'preprocessing parity: skipped' in res.stdout, show(res)
+    assert 'test images are not found' in res.stdout and '--data_dir' in res.stdout
+    assert session(ck.with_suffix('.onnx')).get_inputs()[0].type == 'tensor(uint8)'
+    ck.with_suffix('.onnx').unlink()
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--with-preprocessing',
+               '--opset', '14'], project)
+    assert_clean_error(res, '--with-preprocessing needs opset 18 or later', 'got --opset 14')
+    assert not ck.with_suffix('.onnx').exists()
+
+
+# ------------------------------------------------------------------ --quantize int8
+
+def test_quantize_int8_writes_a_calibrated_copy_and_reports_it(project):
+    ck = project / RUN / 'weights' / 'best.pt'
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+               '--calib_images', '32', '--bench_iters', '5', '--bench_warmup', '1',
+               '--bench_threads', '1', '--batch_size', '8'], project)
+    assert_ok(res)
+    q = ck.with_name('best.int8.onnx')
+    assert q.is_file() and ck.with_suffix('.onnx').is_file()
+    assert f'wrote {RUN}/weights/best.int8.onnx (int8)' in res.stdout, show(res)
+    assert 'int8 on 20 test images: accuracy fp32' in res.stdout, show(res)
+    assert 'int8 speed-up' in res.stdout and 'calibrated on 32 training images' in res.stdout
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops, ops
+    assert 'int8 static QDQ' in meta_of(q)['quantization']
+    # our own comparison: fp32 vs int8 on the test images, fed through ONNX Runtime
+    _, labels, ds, _ = torch_test_logits(project, ck)
+    x = np.stack([ds[i][0].numpy() for i in range(len(ds))])
+    a = session(ck.with_suffix('.onnx')).run(None, {'input': x})[0]
+    b = session(q).run(None, {'input': x})[0]
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8
+    rep = json.loads((ck.parent / 'validation_report.json').read_text())['quantize']
+    assert rep['written'] and rep['calibration_images'] == 32 and rep['images'] == 20
+    assert rep['accuracy']['fp32'] == (a.argmax(1) == labels).mean()
+    sp = rep['speed']
+    assert (sp['iters'], sp['batch_size'], sp['threads']) == (5, 8, 1)
+    for k in ('fp32', 'int8'): assert sp[k]['latency_ms_median'] > 0 and sp[k]['throughput_ips'] > 0
+
+
+def test_quantize_with_preprocessing_makes_two_uint8_files(project):
+    ck = project / RUN / 'weights' / 'best.pt'
+    assert_ok(run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+                   '--with-preprocessing', '--calib-images', '16', '--bench-iters', '3',
+                   '--bench-warmup', '0'], project))
+    _, _, _, paths = torch_test_logits(project, ck)
+    outs = []
+    for f in ('best.onnx', 'best.int8.onnx'):
+        s = session(ck.with_name(f))
+        assert s.get_inputs()[0].type == 'tensor(uint8)', f
+        outs.append(np.concatenate([s.run(None, {'image': decoded(p)[None]})[0] for p in paths]))
+    assert (outs[0].argmax(1) == outs[1].argmax(1)).mean() >= 0.8
+
+
+@pytest.mark.fault
+def test_bad_quantize_requests_are_one_clear_line(project):
+    ck = project / RUN / 'weights' / 'best.pt'
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int4'],
+              project)
+    assert_clean_error(res, '--quantize takes int8', "got 'int4'")
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+               '--calib_images', '0'], project)
+    assert_clean_error(res, 'calib_images must be >= 1, got 0')
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+               '--data_dir', 'nowhere'], project)
+    assert_clean_error(res, "int8 calibration needs the run's training images", 'not written')
+    assert not ck.with_suffix('.onnx').exists() and not ck.with_name('best.int8.onnx').exists()
+
+
+# ------------------------------------------------------------------ fold ensembles
+
+def test_cv_folder_exports_one_ensemble_graph(project):
+    assert_ok(run(['ml-train', '--config', 'configs/tiny_config.yaml', '--fold', 'all',
+                   '--num_epochs', '1'], project))
+    [cv] = [p for p in (project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
+    rel = cv.relative_to(project)
+    res = run(['ml-export', '--checkpoint', rel, '--validate', '--comprehensive-validate'],
+              project)
+    assert_ok(res)
+    out = cv / 'ensemble.onnx'
+    assert out.is_file() and f'wrote {rel}/ensemble.onnx' in res.stdout, show(res)
+    assert 'ensemble of 2 folds' in res.stdout
+    m = meta_of(out)
+    assert (m['folds'], m['temperature'], m['checkpoint']) == (2, 1.0, str(rel))
+    rep = json.loads((cv / 'validation_report.json').read_text())
+    assert rep['passed'] and rep['comprehensive_validate']['model']['top1_agreement'] == 1.0
+    # the file's probabilities are the cross-validation report's soft vote on the test set
+    import csv
+    rows = list(csv.DictReader((cv / 'ensemble_test_predictions.csv').open()))
+    from imgcls.export import OnnxPredictor
+    pred = OnnxPredictor(out)
+    p = pred.predict_proba([project / 'data' / 'tiny' / r['path'] for r in rows])
+    ref = np.array([[float(r[f'p_{c}']) for c in pred.classes] for r in rows])
+    np.testing.assert_allclose(p, ref, atol=1e-5)
+    # a glob may name CV folders; a run folder is not one
+    res = run(['ml-export', '--checkpoint', 'runs/*_cv', '--output', 'elsewhere.onnx'], project)
+    assert_ok(res)
+    assert (project / 'elsewhere.onnx').is_file()
+    res = run(['ml-export', '--checkpoint', RUN], project)
+    assert_clean_error(res, RUN, 'not a cross-validation folder')
+
+
+@pytest.mark.fault
+def test_cv_folder_with_a_missing_fold_is_one_clear_line(project):
+    assert_ok(run(['ml-train', '--config', 'configs/tiny_config.yaml', '--fold', 'all',
+                   '--num_epochs', '1'], project))
+    [cv] = [p for p in (project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
+    [gone] = list(cv.glob('*fold_1/weights/best.pt'))
+    gone.unlink()
+    res = run(['ml-export', '--checkpoint', cv.relative_to(project)], project)
+    assert_clean_error(res, 'fold checkpoint(s) missing', 'fold_1')
+    assert not (cv / 'ensemble.onnx').exists()
+
+
+# ------------------------------------------------------------------ progress bars
+
+def run_on_a_terminal(args: list, cwd) -> tuple[int, str, str]:
+    "Run a command with its standard error on a pseudo-terminal: (status, stdout, terminal text)."
+    import os
+    import pty
+    import subprocess
+    from helpers import command, env
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))  # 100 columns
+    p = subprocess.Popen([command(args[0]), *map(str, args[1:])], cwd=cwd, env=env(),
+                         stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try: data = os.read(master, 65536)
+        except OSError: break  # EIO: the child closed the terminal
+        if not data: break
+        chunks.append(data)
+    out = p.stdout.read()
+    p.wait(timeout=300)
+    os.close(master)
+    return p.returncode, out, b''.join(chunks).decode(errors='replace')
+
+
+def test_progress_bars_on_a_terminal_and_none_in_logs(project):
+    args = ['ml-export', '--checkpoint', 'runs/*/weights/best.pt', '--benchmark',
+            '--bench_iters', '4', '--bench_warmup', '1', '--batch_size', '2']
+    status, out, term = run_on_a_terminal(args, project)
+    assert status == 0, (out, term)
+    assert 'exporting' in term and '/3' in term, term          # the batch's bar
+    assert 'benchmark pytorch, batch 1' in term and 'benchmark onnxruntime' in term, term
+    assert 'summary: 3 of 3 checkpoint(s) exported' in out
+    # not a terminal (a CI log): the same command draws no bar
+    res = run(args, project)
+    assert_ok(res)
+    assert 'exporting' not in res.stderr and 'benchmark pytorch' not in res.stderr, show(res)
+    assert '|' not in res.stderr, show(res)
