@@ -166,9 +166,7 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #05831253
-_NAMED = ('batch_size', 'lr', 'num_epochs', 'fold', 'num_workers', 'device', 'seed')
-
+# %% ../nbs/90_cli.ipynb #259189cb
 def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
           batch_size:int=None, # training.batch_size (per device under accelerate)
           lr:float=None, # optimizer.lr
@@ -182,7 +180,7 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
           overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
          ):
     "Train a model as the config says, then evaluate it on the test set."
-    from imgcls.config import FLAG_KEYS, load_config, parse_overrides
+    from imgcls.config import cli_overrides, load_config
     from imgcls.core import ConfigError
     from imgcls.trainer import train as _train
     cv = fold == 'all'
@@ -192,11 +190,8 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
             raise ConfigError(f"--fold must be a fold number or all, got '{fold}'") from None
     if cv and resume:
         raise ConfigError('--resume continues one run; it does not combine with --fold all')
-    ov = {FLAG_KEYS[k]: v
-          for k, v in zip(_NAMED, (batch_size, lr, num_epochs, None if cv else fold, num_workers,
-                                   device, seed))
-          if v is not None}
-    ov.update(parse_overrides(overrides or []))
+    ov = cli_overrides(overrides, batch_size=batch_size, lr=lr, num_epochs=num_epochs,
+                       fold=None if cv else fold, num_workers=num_workers, device=device, seed=seed)
     cfg = load_config(config, ov)
     if cv:
         from imgcls.crossval import cross_validate, cv_text

@@ -13,8 +13,8 @@ from .core import ConfigError, atomic_write
 
 # %% auto #0
 __all__ = ['TEMPLATE_PATH', 'FLAG_KEYS', 'parse_yaml', 'load_yaml', 'template_text', 'Config', 'default_config', 'valid_keys',
-           'nearest_key', 'validate_config', 'parse_value', 'parse_overrides', 'load_config', 'save_config', 'run_name',
-           'create_run_dir']
+           'nearest_key', 'validate_config', 'parse_value', 'parse_overrides', 'cli_overrides', 'load_config',
+           'save_config', 'run_name', 'create_run_dir']
 
 # %% ../nbs/01_config.ipynb #8062ebae
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -252,7 +252,7 @@ def validate_config(cfg:dict, # the merged configuration
                               f"{{type: {'TPESampler' if sec == 'sampler' else 'MedianPruner'}}}")
     return cfg
 
-# %% ../nbs/01_config.ipynb #efbddc05
+# %% ../nbs/01_config.ipynb #db0d0bee
 FLAG_KEYS = {'batch_size': 'training.batch_size', 'lr': 'optimizer.lr',
              'num_epochs': 'training.num_epochs', 'fold': 'data.fold',
              'num_workers': 'data.num_workers', 'device': 'training.device', 'seed': 'seed'}
@@ -271,6 +271,14 @@ def parse_overrides(items:list[str]) -> dict:
         if not sep or not k.strip(): raise ConfigError(f"override '{it}' must look like key=value")
         out[k.strip()] = parse_value(v)
     return out
+
+def cli_overrides(items:list[str]|None=None, # KEY=VALUE strings (from --set and --KEY VALUE)
+                  **flags, # named flags (batch_size=32, lr=0.01, ...): None means not given
+                 ) -> dict:
+    "The config overrides of a command line: named flags mapped by `FLAG_KEYS`, then `items`."
+    ov = {FLAG_KEYS[k]: v for k, v in flags.items() if v is not None}
+    ov.update(parse_overrides(items or []))
+    return ov
 
 def _merge(base:dict, new:dict, prefix:str=''):
     ("Deep-merge `new` into `base` in place; a section left empty "

@@ -358,10 +358,7 @@ def find_lr(config, # a Config, or the path of a YAML file
     finder.extra = extra
     return finder
 
-# %% ../nbs/10_lr_finder.ipynb #0b84c214
-_NAMED = {'fold': 'data.fold', 'batch_size': 'training.batch_size',
-          'device': 'training.device', 'num_workers': 'data.num_workers', 'seed': 'seed'}
-
+# %% ../nbs/10_lr_finder.ipynb #8d9ffdd4
 def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
               start_lr:float=1e-7, # first learning rate of the sweep
               end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
@@ -377,12 +374,10 @@ def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
              ):
     ("Sweep the learning rate on the training set; write runs/lr_finder_{timestamp}/ "
      "(lr_plot.png, results.json, lr_finder.log) and print the suggested rate.")
-    from imgcls.config import parse_overrides
+    from imgcls.config import cli_overrides
     setup_logging()
-    given = dict(fold=fold, batch_size=batch_size, device=device, num_workers=num_workers,
-                 seed=seed)
-    ov = {_NAMED[k]: v for k, v in given.items() if v is not None}
-    ov.update(parse_overrides(overrides or []))
+    ov = cli_overrides(overrides, fold=fold, batch_size=batch_size, device=device,
+                       num_workers=num_workers, seed=seed)
     f = find_lr(config, ov, start_lr, end_lr, num_iter, diverge_threshold, beta, save=True)
     names = {'steepest': 'steepest descent', 'valley': 'valley', 'minimum': 'minimum / 10'}
     m = f.suggestion_method
