@@ -12,7 +12,8 @@ fi
 # PostgreSQL: a throwaway cluster in /tmp, listening on 127.0.0.1 only, for the search tests.
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 IMGCLS_PGDATA=$(mktemp -d /tmp/imgcls-pg.XXXXXX)
-IMGCLS_PGPORT=${IMGCLS_PGPORT:-54329}
+# a free port on loopback (another PostgreSQL, or a second CI run, may hold the usual ones)
+IMGCLS_PGPORT=${IMGCLS_PGPORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 chown postgres "$IMGCLS_PGDATA"
 su postgres -s /bin/sh -c "$PGBIN/initdb -D $IMGCLS_PGDATA -A trust -U postgres" >/dev/null
 su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $IMGCLS_PGDATA -l $IMGCLS_PGDATA/log -w \
