@@ -197,7 +197,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #24f360a4
+# %% ../nbs/09_trainer.ipynb #f2d54b4d
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -435,15 +435,15 @@ class BaseTrainer:
                 if not torch.isfinite(loss):
                     self.bad_steps += 1
                     self.optimizer.zero_grad(set_to_none=True)
-                    logger.warning(f'epoch {self.epoch + 1} batch {i}: loss is {loss.item()}; '
-                                   f'step skipped ({self.bad_steps} of at most '
-                                   f'{self.cfg.training.max_bad_steps})')
                     if self.bad_steps > self.cfg.training.max_bad_steps:
                         raise TrainingError(f'the loss was NaN or infinite in {self.bad_steps} '
                                             'steps (limit training.max_bad_steps='
                                             f'{self.cfg.training.max_bad_steps}); lower '
                                             f'optimizer.lr (now {self.cfg.optimizer.lr}) '
                                             'or check the data')
+                    logger.warning(f'epoch {self.epoch + 1} batch {i}: loss is {loss.item()}; '
+                                   f'step skipped ({self.bad_steps} of at most '
+                                   f'{self.cfg.training.max_bad_steps})')
                 else:
                     self.backward(loss / self.accum)
                     loss_sum += loss.detach().double() * len(y)
