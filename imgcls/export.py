@@ -377,7 +377,7 @@ def validate_onnx(src, # an .onnx path or the model's bytes
             'input_type': 'uint8' if uint8 else 'float32',
             'runs': runs, 'batch_consistency_max_abs_diff': diff}
 
-# %% ../nbs/12_export.ipynb #b6109384
+# %% ../nbs/12_export.ipynb #b81480aa
 def _check_args(atol:float=0.0, min_agreement:float=0.0, batch_size:int=1, max_images=None,
                 bench_iters:int=1, bench_warmup:int=0, bench_threads:int|None=None,
                 calib_images:int=1):
@@ -476,11 +476,14 @@ def compare_with_pytorch(checkpoint, # the .pt the model was exported from
                         ) -> dict:
     "PyTorch vs ONNX Runtime on the run's test images: logit differences, top-1 agreement, verdict."
     _check_args(atol, min_agreement, batch_size, max_images)
-    model, ck = _load(checkpoint)
     src = src if isinstance(src, bytes) else Path(src)
-    meta = OnnxPredictor(src).meta
-    return _compare(model, ck, meta, src, checkpoint, data_dir, max_images, atol, min_agreement,
-                    batch_size)
+    pred = OnnxPredictor(src)
+    if pred.takes_uint8:
+        raise ExportError(f"{src if not isinstance(src, bytes) else 'the model'}: takes uint8 "
+                          'images (preprocessing inside); compare it with compare_preprocessing')
+    model, ck = _load(checkpoint)
+    return _compare(model, ck, pred.meta, src, checkpoint, data_dir, max_images, atol,
+                    min_agreement, batch_size)
 
 # %% ../nbs/12_export.ipynb #a0057336
 IMAGE_NAME = 'image'  # the input of a model with the preprocessing inside
