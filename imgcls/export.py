@@ -919,7 +919,7 @@ def format_quantized(q:dict) -> list[str]:
               for r in _speed_rows(sp, 'fp32', 'int8')]
     return lines
 
-# %% ../nbs/12_export.ipynb #72a06f4a
+# %% ../nbs/12_export.ipynb #ca7ae4a6
 REPORT_NAME = 'validation_report.json'
 
 def _versions() -> dict:
@@ -989,10 +989,11 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt written by ml-train, or
             int8 = add_preprocessing(q) if with_preprocessing else q
             validate_onnx(int8, batch_size)
             ds = _test_dataset(ck, meta, _test_data_dir(ck, checkpoint, data_dir), max_images)
+            import torch  # the int8 timing uses the benchmark's threads: torch's by default
             rep['quantize'] = {'onnx': str(int8_path(out)), 'written': False,
                                'calibration_images': len(calib), **_quant_compare(
                 data, int8, [ds.path(i) for i in range(len(ds))], ds.targets, batch_size,
-                bench_iters, bench_warmup, bench_threads, progress)}
+                bench_iters, bench_warmup, bench_threads or torch.get_num_threads(), progress)}
     except ImgclsError as e: rep['failures'].append(str(e))
     rep['passed'] = not rep['failures']
     if rep['passed']:
@@ -1056,7 +1057,7 @@ def _describe(rep:dict) -> list[str]:
     if rep.get('report'): lines.append(f"report: {rep['report']}")
     return lines
 
-# %% ../nbs/12_export.ipynb #23bd47b1
+# %% ../nbs/12_export.ipynb #6abc59fa
 def export(checkpoint:str, # a .pt file, a CV folder (ml-train --fold all), or a quoted glob
            output:str=None, # the .onnx file (default: beside the checkpoint, best.pt -> best.onnx)
            opset:int=None, # ONNX opset (default 18; below 18 the TorchScript exporter is used)
@@ -1064,14 +1065,14 @@ def export(checkpoint:str, # a .pt file, a CV folder (ml-train --fold all), or a
            validate:bool=False, # onnx.checker, then ONNX Runtime at batch 1 and batch N
            comprehensive_validate:bool=False, # PyTorch vs ONNX Runtime on the run's test images
            benchmark:bool=False, # batch-1 latency and batch-N throughput, PyTorch vs ONNX Runtime
-           batch_size:int=16, # batch N of --validate and --benchmark
+           batch_size:int=16, # batch N of --validate, --benchmark and the int8 speed test
            atol:float=1e-4, # --comprehensive-validate: largest allowed |logit difference|
-           min_agreement:float=0.99, # --comprehensive-validate: smallest allowed top-1 agreement
-           max_images:int=None, # --comprehensive-validate: N test images spread over the split
-           data_dir:str=None, # --comprehensive-validate: dataset folder (default: the run's)
-           bench_iters:int=20, # --benchmark: timed runs at batch 1 (batch N: a quarter, >= 3)
-           bench_warmup:int=3, # --benchmark: untimed runs before timing
-           bench_threads:int=None, # --benchmark: threads of both engines (default: torch's)
+           min_agreement:float=0.99, # --comprehensive-validate: smallest top-1 agreement allowed
+           max_images:int=None, # N test images spread over the split, for every comparison
+           data_dir:str=None, # dataset folder: test and calibration images (default: the run's)
+           bench_iters:int=20, # --benchmark, int8: timed runs at batch 1 (batch N: a quarter, >= 3)
+           bench_warmup:int=3, # --benchmark, int8: untimed runs before timing
+           bench_threads:int=None, # --benchmark, int8: threads of each engine (default: torch's)
            with_preprocessing:bool=False, # take uint8 images (N, H, W, 3); preprocess inside
            quantize:str=None, # int8: also write NAME.int8.onnx, calibrated on training images
            calib_images:int=128, # --quantize: training/validation images to calibrate on
