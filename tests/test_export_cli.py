@@ -424,6 +424,13 @@ def test_with_preprocessing_takes_decoded_uint8_images(project):
     s = session(out)
     y = np.concatenate([s.run(None, {'image': decoded(p)[None]})[0] for p in paths])
     np.testing.assert_allclose(y, logits, atol=1e-4, rtol=0)
+    # the ONNX-only predictor feeds it decoded images, where torch cannot be imported
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "from imgcls.export import OnnxPredictor\n"
+            "print(json.dumps(OnnxPredictor(sys.argv[1]).logits(sys.argv[2:]).tolist()))")
+    res = run_py(code, project, out, *paths)
+    assert_ok(res)
+    np.testing.assert_allclose(np.array(json.loads(res.stdout)), y, atol=1e-6)
     rep = json.loads((ck.parent / 'validation_report.json').read_text())
     pp = rep['preprocessing_parity']
     assert pp['top1_agreement'] == 1.0 and pp['images'] == 20 and rep['passed']
