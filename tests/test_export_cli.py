@@ -523,9 +523,26 @@ def test_bad_quantize_requests_are_one_clear_line(project):
 
 # ------------------------------------------------------------------ fold ensembles
 
-def test_cv_folder_exports_one_ensemble_graph(project):
+@pytest.fixture(scope='module')
+def _cv_trained(tmp_path_factory, _trained) -> Path:
+    "The trained project with a cross-validation folder (`ml-train --fold all`, 2 fold models)."
+    root = tmp_path_factory.mktemp('export_cv') / 'project'
+    shutil.copytree(_trained, root)
     assert_ok(run(['ml-train', '--config', 'configs/tiny_config.yaml', '--fold', 'all',
-                   '--num_epochs', '1'], project))
+                   '--num_epochs', '1'], root))
+    return root
+
+
+@pytest.fixture
+def cv_project(tmp_path, _cv_trained) -> Path:
+    "A fresh copy of the project with its cross-validation folder."
+    d = tmp_path / 'project'
+    shutil.copytree(_cv_trained, d)
+    return d
+
+
+def test_cv_folder_exports_one_ensemble_graph(cv_project):
+    project = cv_project
     [cv] = [p for p in (project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
     rel = cv.relative_to(project)
     res = run(['ml-export', '--checkpoint', rel, '--validate', '--comprehensive-validate'],
@@ -555,9 +572,8 @@ def test_cv_folder_exports_one_ensemble_graph(project):
 
 
 @pytest.mark.fault
-def test_cv_folder_with_a_missing_fold_is_one_clear_line(project):
-    assert_ok(run(['ml-train', '--config', 'configs/tiny_config.yaml', '--fold', 'all',
-                   '--num_epochs', '1'], project))
+def test_cv_folder_with_a_missing_fold_is_one_clear_line(cv_project):
+    project = cv_project
     [cv] = [p for p in (project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
     [gone] = list(cv.glob('*fold_1/weights/best.pt'))
     gone.unlink()
