@@ -197,7 +197,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #f2d54b4d
+# %% ../nbs/09_trainer.ipynb #a5378566
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -360,6 +360,10 @@ class BaseTrainer:
     def _handler(self, signum, frame):
         if self._signal is not None:  # second signal: abort at once
             self._restore_signals()
+            # not through the old handler: a process started in the background inherits SIGINT
+            # ignored, and restoring that would leave the second Ctrl-C (or kill -INT) unheard
+            if signum == signal.SIGINT: raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         logger.warning(f'{signal.Signals(signum).name} received: finishing this step and saving '

@@ -209,9 +209,12 @@ def test_resumed_worse_epochs_never_overwrite_a_better_best_pt(tmp_path, tiny_sp
 
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
 def test_a_second_signal_aborts_at_once(tmp_path, tiny_split, lost_bytes, sig, code):
-    "A step that never ends: the first signal waits for it, the second one must not."
+    """A step that never ends: the first signal waits for it, the second one must not. The run
+    starts as a background job of a shell does, with SIGINT ignored (`ml-train ... &`, CI
+    runners): the second signal must still abort."""
     cfg = tiny_config(tmp_path, training__num_epochs=3)
     proc = subprocess.Popen([sys.executable, '-c', SCRIPT, 'hang_at_step:4', '--config', str(cfg)],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                             cwd=tmp_path, env=env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     w = tmp_path / 'runs' / 'tiny_fold_0' / 'weights'
