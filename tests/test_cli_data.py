@@ -210,13 +210,19 @@ def test_split_after_adding_an_image_is_refused_then_forced(tiny_split, tmp_path
 
 
 
-@pytest.mark.fault
-def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
-    "A copy saved smaller as JPEG in another class: one warning naming both files, in the manifest."
+def _resaved_copy(tiny):
+    "Save the first image of class 2, shrunk and as JPEG, into class 8; return the original."
     from PIL import Image
     src = sorted((tiny / 'raw' / '2').iterdir())[0]
     Image.open(src).convert('RGB').resize((15, 15)).save(tiny / 'raw' / '8' / 'resaved.jpg',
                                                          quality=80)
+    return src
+
+
+@pytest.mark.fault
+def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
+    "A copy saved smaller as JPEG in another class: one warning naming both files, in the manifest."
+    src = _resaved_copy(tiny)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
     assert_ok(res)
     pair = [f'raw/2/{src.name}', 'raw/8/resaved.jpg']
@@ -233,10 +239,7 @@ def test_split_warns_about_a_near_duplicate_in_another_class(tiny, tmp_path):
 @pytest.mark.fault
 def test_split_near_dup_distance_flag(tiny, tmp_path):
     "--near_dup_distance 0 turns the check off; a value out of 0..10 is one clear line."
-    from PIL import Image
-    src = sorted((tiny / 'raw' / '2').iterdir())[0]
-    Image.open(src).convert('RGB').resize((15, 15)).save(tiny / 'raw' / '8' / 'resaved.jpg',
-                                                         quality=80)
+    _resaved_copy(tiny)
     res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--near-dup-distance', 11], tmp_path)
     assert_clean_error(res, '--near_dup_distance must be a whole number of bits from 0', '11')
     assert not (tiny / 'splits').exists()
