@@ -506,7 +506,7 @@ def write_best_config(study, # an Optuna study with at least one COMPLETE trial
         atomic_write(path, head + text)
     return path
 
-# %% ../nbs/13_search.ipynb #5bec467f
+# %% ../nbs/13_search.ipynb #289d9262
 _FREE_SECTIONS = ('sampler', 'pruner', 'search_space')
 
 def _set(d:dict, dotted:str, v):
@@ -588,6 +588,7 @@ def run_search(config, # a YAML file with a `search:` section, or a `Config`
     setup_logging(log_file)
     old_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # imgcls logs each trial itself
+    bar = None
     try:
         shown = mask_url(st.url)
         if st.url.startswith('sqlite'):
@@ -627,7 +628,7 @@ def run_search(config, # a YAML file with a `search:` section, or a `Config`
         write_best_config(study, cfg)
         return study
     finally:
-        if 'bar' in locals() and bar is not None: bar.close()
+        if bar is not None: bar.close()
         optuna.logging.set_verbosity(old_verbosity)
         close_log_file(log_file)
 
