@@ -373,7 +373,7 @@ def test_help_names_the_deployment_flags(project):
     res = run(['ml-export', '--help'], project)
     assert_ok(res)
     for flag in ('--with-preprocessing', '--with_preprocessing', '--quantize', '--calib_images',
-                 '--calib-images'):
+                 '--calib-images', '--int8_range', '--int8-range'):
         assert flag in res.stdout, flag
     assert 'CV folder' in res.stdout
 
@@ -478,6 +478,10 @@ def test_quantize_int8_writes_a_calibrated_copy_and_reports_it(project):
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}
     assert {'QuantizeLinear', 'DequantizeLinear'} <= ops, ops
     assert 'int8 static QDQ' in meta_of(q)['quantization']
+    # 7-bit weights by default, said in the output, the metadata and the report, with the CPU
+    assert 'int8 weights: 7-bit (--int8_range reduced' in res.stdout, show(res)
+    assert meta_of(q)['int8_range'] == 'reduced' and '7-bit' in meta_of(q)['quantization']
+    assert max(int(np.abs(w).max()) for w in int8_weights(q)) <= 64
     # our own comparison: fp32 vs int8 on the test images, fed through ONNX Runtime
     _, labels, ds, _ = torch_test_logits(project, ck)
     x = np.stack([ds[i][0].numpy() for i in range(len(ds))])
@@ -486,10 +490,37 @@ def test_quantize_int8_writes_a_calibrated_copy_and_reports_it(project):
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.8
     rep = json.loads((ck.parent / 'validation_report.json').read_text())['quantize']
     assert rep['written'] and rep['calibration_images'] == 32 and rep['images'] == 20
+    from imgcls.core import cpu_features
+    assert rep['int8_range'] == 'reduced' and rep['cpu']['vnni'] == cpu_features()['vnni']
+    assert f"(CPU: {rep['cpu']['description']})" in res.stdout
     assert rep['accuracy']['fp32'] == (a.argmax(1) == labels).mean()
     sp = rep['speed']
     assert (sp['iters'], sp['batch_size'], sp['threads']) == (5, 8, 1)
     for k in ('fp32', 'int8'): assert sp[k]['latency_ms_median'] > 0 and sp[k]['throughput_ips'] > 0
+
+
+def int8_weights(path) -> list:
+    "The int8 weight tensors of a QDQ model (the int8 initializers DequantizeLinear reads)."
+    from onnx import numpy_helper
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    return [inits[n.input[0]] for n in g.node if n.op_type == 'DequantizeLinear'
+            and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+
+
+def test_int8_range_full_is_8_bit_and_warns_where_the_cpu_has_no_vnni(project):
+    from imgcls.export import int8_full_range_safe
+    ck = project / RUN / 'weights' / 'best.pt'
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+               '--int8_range', 'full', '--calib_images', '16', '--bench_iters', '3',
+               '--bench_warmup', '0'], project)
+    assert_ok(res)
+    q = ck.with_name('best.int8.onnx')
+    assert meta_of(q)['int8_range'] == 'full' and '8-bit' in meta_of(q)['quantization']
+    assert max(int(np.abs(w).max()) for w in int8_weights(q)) == 127
+    assert 'int8 weights: 8-bit (--int8_range full' in res.stdout, show(res)
+    warned = 'no VNNI' in res.stderr and '--int8_range reduced' in res.stderr
+    assert warned == (not int8_full_range_safe()), show(res)  # this CPU decides
 
 
 def test_quantize_with_preprocessing_makes_two_uint8_files(project):
@@ -515,6 +546,9 @@ def test_bad_quantize_requests_are_one_clear_line(project):
     res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
                '--calib_images', '0'], project)
     assert_clean_error(res, 'calib_images must be >= 1, got 0')
+    res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
+               '--int8_range', '7bit'], project)
+    assert_clean_error(res, '--int8_range takes reduced', "got '7bit'")
     res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
                '--data_dir', 'nowhere'], project)
     assert_clean_error(res, "int8 calibration needs the run's training images", 'not written')
