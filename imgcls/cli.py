@@ -12,7 +12,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['cli_parser', 'parse_cli', 'run_cli', 'cli_help', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
-           'ml_init_config', 'train', 'ml_train']
+           'ml_init_config', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_search']
 
 # %% ../nbs/90_cli.ipynb #f1a1bd0c
 def _names(k:str) -> list[str]:
@@ -205,3 +205,141 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
     print(f"run folder: {s['run_dir']}")
 
 def ml_train(argv=None): return run_cli(train, 'ml-train', argv)
+
+# %% ../nbs/90_cli.ipynb #1ae6aab1
+def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
+              start_lr:float=1e-7, # first learning rate of the sweep
+              end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
+              num_iter:int=100, # steps from start_lr to end_lr (the training data is cycled)
+              diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
+              beta:float=0.98, # smoothing of the loss curve (moving average; 0: none)
+              fold:int=None, # data.fold
+              batch_size:int=None, # training.batch_size
+              device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+              num_workers:int=None, # data.num_workers
+              seed:int=None, # seed
+              overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+             ):
+    ("Sweep the learning rate on the training set; write runs/lr_finder_{timestamp}/ "
+     "(lr_plot.png, results.json, lr_finder.log) and print the suggested rate.")
+    from imgcls.config import cli_overrides
+    from imgcls.core import setup_logging
+    from imgcls.lr_finder import find_lr
+    setup_logging()
+    ov = cli_overrides(overrides, fold=fold, batch_size=batch_size, device=device,
+                       num_workers=num_workers, seed=seed)
+    f = find_lr(config, ov, start_lr, end_lr, num_iter, diverge_threshold, beta, save=True)
+    names = {'steepest': 'steepest descent', 'valley': 'valley', 'minimum': 'minimum / 10'}
+    m = f.suggestion_method
+    others = ''.join(f'; {names[k]}: {v:.2e}' for k, v in f.suggestions.items()
+                     if v is not None and k != m)
+    print(f'suggested learning rate: {f.suggestion:.2e} ({names[m]}{others})')
+    print(f'stopped: {f.stop_reason} after {len(f.lrs)} of {num_iter} steps')
+    print(f'results: {f.run_dir} (lr_plot.png, results.json, lr_finder.log)')
+    print(f'next: ml-train --config {config} --lr {f.suggestion:.2g}')
+
+# %% ../nbs/90_cli.ipynb #93139111
+def ml_lr_finder(argv=None): return run_cli(lr_finder, 'ml-lr-finder', argv)
+
+# %% ../nbs/90_cli.ipynb #309b0a34
+def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
+              images:list[str]=None, # image files, folders or glob patterns (none: test the run)
+              top_k:int=5, # classes (with probabilities) to report for each image
+              output:str=None, # predictions file (none: stdout with --images, else in the run)
+              format:str='csv', # csv or json
+              tta:bool=False, # test-time augmentation: average with the left-right mirrored image
+              batch_size:int=64, # images a forward pass
+              device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
+              skip_bad:bool=False, # skip unreadable images (listed on stderr) instead of stopping
+              split:str='test', # without --images: the split to evaluate (test or val)
+              data_dir:str=None, # without --images: the dataset folder, if it moved since training
+              num_workers:int=0, # without --images: DataLoader worker processes
+              min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never)
+             ):
+    ("Evaluate a checkpoint or a cross-validation fold ensemble on the test set (report, "
+     "confusion matrix, predictions; with --min_confidence, the share of images answered and "
+     "the accuracy on them), or predict the classes of any images.")
+    from imgcls.core import ConfigError, atomic_write, setup_logging
+    from imgcls.inference import (UNKNOWN, Predictor, _selective_text, check_min_confidence,
+                                  evaluate_checkpoint, predictions_csv, predictions_json)
+    setup_logging()
+    if format not in ('csv', 'json'):
+        raise ConfigError(f"--format must be csv or json, got '{format}'")
+    check_min_confidence(min_confidence, name='--min_confidence')
+    if not images:
+        r = evaluate_checkpoint(checkpoint_path, split, tta, batch_size, device, data_dir,
+                                num_workers, output, format, min_confidence=min_confidence)
+        m = r['metrics']
+        who = f" (soft vote of {m['ensemble_of']} fold models)" if m.get('ensemble_of') else ''
+        print(f"{split} accuracy {m['acc']:.4f}, balanced accuracy {m['balanced_acc']:.4f}, "
+              f"macro-F1 {m['macro_f1']:.4f} ({m['n']} images){who}")
+        if min_confidence: print(_selective_text(m['selective'], split))
+        print(f"wrote {r['paths']['report']}, {r['paths']['confusion_matrix']}, "
+              f"{r['paths']['predictions']}")
+        return 0
+    if top_k < 1: raise ConfigError(f'--top_k must be >= 1, got {top_k}')
+    p = Predictor.from_checkpoint(checkpoint_path, device, tta, batch_size)
+    check_min_confidence(min_confidence, p.classes, name='--min_confidence')
+    preds = p.predict(images, top_k, skip_bad, min_confidence=min_confidence)
+    if format == 'json':
+        extra = {'ensemble_of': p.folds} if p.folds else {}
+        if min_confidence: extra['min_confidence'] = min_confidence
+        text = predictions_json(preds, checkpoint=str(checkpoint_path), classes=p.classes,
+                                tta=tta, top_k=min(top_k, len(p.classes)), **extra,
+                                skipped=[{'path': n, 'error': e} for n, e in p.skipped])
+    else: text = predictions_csv(preds)
+    if output is None: print(text, end='')
+    else:
+        atomic_write(output, text)
+        print(f'wrote {len(preds)} predictions to {output}')
+    if p.skipped: print(f'skipped {len(p.skipped)} unreadable image(s)', file=sys.stderr)
+    if min_confidence:
+        n = sum(q['predicted'] == UNKNOWN for q in preds)
+        print(f'{n} of {len(preds)} image(s) below --min_confidence {min_confidence:g}: '
+              f'predicted {UNKNOWN}', file=sys.stderr)
+    return 0
+
+# %% ../nbs/90_cli.ipynb #b83eb0b4
+def ml_inference(argv=None): return run_cli(inference, 'ml-inference', argv)
+
+# %% ../nbs/90_cli.ipynb #55922fef
+def search(config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
+           n_trials:int=None, # trials this process runs (none: search.n_trials)
+           study_name:str=None, # the study's name (none: search.study_name)
+           resume:bool=False, # continue the study, or join it from another worker
+           storage:str=None, # Optuna storage URL (none: search.storage)
+           heartbeat_interval:int=60, # seconds between a running trial's heartbeats (0: off)
+           grace_period:int=None, # seconds without heartbeat before a trial fails (none: 2x)
+           max_retry:int=3, # times a trial failed by heartbeat is run again
+           timeout:float=None, # start no new trial after this many seconds
+           batch_size:int=None, # training.batch_size
+           lr:float=None, # optimizer.lr
+           num_epochs:int=None, # training.num_epochs
+           fold:int=None, # data.fold
+           num_workers:int=None, # data.num_workers
+           device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+           seed:int=None, # seed
+           overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+          ):
+    "Search hyperparameters with Optuna as the config's search: section says."
+    from imgcls.config import cli_overrides, load_config
+    from imgcls.core import setup_logging
+    from imgcls.search import _counts, run_search, study_dir
+    setup_logging()
+    ov = cli_overrides(overrides, batch_size=batch_size, lr=lr, num_epochs=num_epochs, fold=fold,
+                       num_workers=num_workers, device=device, seed=seed)
+    study = run_search(config, ov, n_trials=n_trials, study_name=study_name, resume=resume,
+                       storage=storage, heartbeat_interval=heartbeat_interval,
+                       grace_period=grace_period, max_retry=max_retry, timeout=timeout)
+    b, c = study.best_trial, _counts(study)
+    cfg = load_config(config, ov)
+    bc = study_dir(cfg, study.study_name)/'best_config.yaml'
+    print(f"study {study.study_name}: {sum(c.values())} trials ("
+          + ', '.join(f'{v} {k.lower()}' for k, v in sorted(c.items())) + ')')
+    print(f"best trial {b.number}: {study.user_attrs.get('metric', 'value')} {b.value:.4f} with "
+          + ', '.join(f'{k}={v}' for k, v in b.params.items()))
+    print(f'best config: {bc} (train it: ml-train --config {bc})')
+    return 0
+
+# %% ../nbs/90_cli.ipynb #491c675c
+def ml_search(argv=None): return run_cli(search, 'ml-search', argv)

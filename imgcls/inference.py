@@ -6,7 +6,7 @@ Docs: https://imgcls.github.io/imgcls/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #dcf6b6e7
 from __future__ import annotations
-import copy, csv, glob, io, json, os, sys
+import copy, csv, glob, io, json, os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from PIL import Image
 from .checkpoint import load_checkpoint, load_weights
 from .config import Config, load_config
-from .core import CheckpointError, ConfigError, DataError, atomic_write, logger, setup_logging
+from .core import CheckpointError, ConfigError, DataError, atomic_write, logger
 from .crossval import is_cv_dir, load_fold_ensemble
 from .data import base_transform, eval_transform, get_datasets
 from .evaluation import compute_metrics, expected_calibration_error, write_report
@@ -386,63 +386,6 @@ def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a C
     if min_confidence: logger.info(f"{label}: {_selective_text(metrics['selective'], split)}")
     return {'metrics': metrics, 'paths': paths, 'run_dir': run_dir, 'label': label}
 
-# %% ../nbs/11_inference.ipynb #8939bea8
-def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
-              images:list[str]=None, # image files, folders or glob patterns (none: test the run)
-              top_k:int=5, # classes (with probabilities) to report for each image
-              output:str=None, # predictions file (none: stdout with --images, else in the run)
-              format:str='csv', # csv or json
-              tta:bool=False, # test-time augmentation: average with the left-right mirrored image
-              batch_size:int=64, # images a forward pass
-              device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
-              skip_bad:bool=False, # skip unreadable images (listed on stderr) instead of stopping
-              split:str='test', # without --images: the split to evaluate (test or val)
-              data_dir:str=None, # without --images: the dataset folder, if it moved since training
-              num_workers:int=0, # without --images: DataLoader worker processes
-              min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never)
-             ):
-    ("Evaluate a checkpoint or a cross-validation fold ensemble on the test set (report, "
-     "confusion matrix, predictions; with --min_confidence, the share of images answered and "
-     "the accuracy on them), or predict the classes of any images.")
-    setup_logging()
-    if format not in ('csv', 'json'):
-        raise ConfigError(f"--format must be csv or json, got '{format}'")
-    check_min_confidence(min_confidence, name='--min_confidence')
-    if not images:
-        r = evaluate_checkpoint(checkpoint_path, split, tta, batch_size, device, data_dir,
-                                num_workers, output, format, min_confidence=min_confidence)
-        m = r['metrics']
-        who = f" (soft vote of {m['ensemble_of']} fold models)" if m.get('ensemble_of') else ''
-        print(f"{split} accuracy {m['acc']:.4f}, balanced accuracy {m['balanced_acc']:.4f}, "
-              f"macro-F1 {m['macro_f1']:.4f} ({m['n']} images){who}")
-        if min_confidence: print(_selective_text(m['selective'], split))
-        print(f"wrote {r['paths']['report']}, {r['paths']['confusion_matrix']}, "
-              f"{r['paths']['predictions']}")
-        return 0
-    if top_k < 1: raise ConfigError(f'--top_k must be >= 1, got {top_k}')
-    p = Predictor.from_checkpoint(checkpoint_path, device, tta, batch_size)
-    check_min_confidence(min_confidence, p.classes, name='--min_confidence')
-    preds = p.predict(images, top_k, skip_bad, min_confidence=min_confidence)
-    if format == 'json':
-        extra = {'ensemble_of': p.folds} if p.folds else {}
-        if min_confidence: extra['min_confidence'] = min_confidence
-        text = predictions_json(preds, checkpoint=str(checkpoint_path), classes=p.classes,
-                                tta=tta, top_k=min(top_k, len(p.classes)), **extra,
-                                skipped=[{'path': n, 'error': e} for n, e in p.skipped])
-    else: text = predictions_csv(preds)
-    if output is None: print(text, end='')
-    else:
-        atomic_write(output, text)
-        print(f'wrote {len(preds)} predictions to {output}')
-    if p.skipped: print(f'skipped {len(p.skipped)} unreadable image(s)', file=sys.stderr)
-    if min_confidence:
-        n = sum(q['predicted'] == UNKNOWN for q in preds)
-        print(f'{n} of {len(preds)} image(s) below --min_confidence {min_confidence:g}: '
-              f'predicted {UNKNOWN}', file=sys.stderr)
-    return 0
-
-# %% ../nbs/11_inference.ipynb #7a9bfcd0
-def ml_inference(argv=None):
-    "Console command `ml-inference`."
-    from imgcls.cli import run_cli
-    return run_cli(inference, 'ml-inference', argv)
+# %% ../nbs/11_inference.ipynb #d7496a40
+from .cli import ml_inference  # defined in the light imgcls.cli: --help loads no torch
+_all_ = ['ml_inference']

@@ -358,38 +358,6 @@ def find_lr(config, # a Config, or the path of a YAML file
     finder.extra = extra
     return finder
 
-# %% ../nbs/10_lr_finder.ipynb #8d9ffdd4
-def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
-              start_lr:float=1e-7, # first learning rate of the sweep
-              end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
-              num_iter:int=100, # steps from start_lr to end_lr (the training data is cycled)
-              diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
-              beta:float=0.98, # smoothing of the loss curve (moving average; 0: none)
-              fold:int=None, # data.fold
-              batch_size:int=None, # training.batch_size
-              device:str=None, # training.device (cuda, cuda:N, cpu, mps)
-              num_workers:int=None, # data.num_workers
-              seed:int=None, # seed
-              overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
-             ):
-    ("Sweep the learning rate on the training set; write runs/lr_finder_{timestamp}/ "
-     "(lr_plot.png, results.json, lr_finder.log) and print the suggested rate.")
-    from imgcls.config import cli_overrides
-    setup_logging()
-    ov = cli_overrides(overrides, fold=fold, batch_size=batch_size, device=device,
-                       num_workers=num_workers, seed=seed)
-    f = find_lr(config, ov, start_lr, end_lr, num_iter, diverge_threshold, beta, save=True)
-    names = {'steepest': 'steepest descent', 'valley': 'valley', 'minimum': 'minimum / 10'}
-    m = f.suggestion_method
-    others = ''.join(f'; {names[k]}: {v:.2e}' for k, v in f.suggestions.items()
-                     if v is not None and k != m)
-    print(f'suggested learning rate: {f.suggestion:.2e} ({names[m]}{others})')
-    print(f'stopped: {f.stop_reason} after {len(f.lrs)} of {num_iter} steps')
-    print(f'results: {f.run_dir} (lr_plot.png, results.json, lr_finder.log)')
-    print(f'next: ml-train --config {config} --lr {f.suggestion:.2g}')
-
-# %% ../nbs/10_lr_finder.ipynb #a1e31117
-def ml_lr_finder(argv=None):
-    "Console command `ml-lr-finder`."
-    from imgcls.cli import run_cli
-    return run_cli(lr_finder, 'ml-lr-finder', argv)
+# %% ../nbs/10_lr_finder.ipynb #187553ec
+from .cli import ml_lr_finder  # defined in the light imgcls.cli: --help loads no torch
+_all_ = ['ml_lr_finder']

@@ -12,8 +12,8 @@ from pathlib import Path
 from urllib.parse import unquote
 import torch
 import yaml
-from .config import (Config, cli_overrides, default_config, load_config, load_yaml,
-                           nearest_key, valid_keys, validate_config)
+from .config import (Config, default_config, load_config, load_yaml, nearest_key,
+                           valid_keys, validate_config)
 from .core import (ConfigError, ImgclsError, atomic_write, close_log_file, logger,
                          setup_logging)
 from .trainer import MONITOR_MODE, Callback, TrainingError, get_trainer, progress_bar
@@ -675,44 +675,6 @@ def load_search_study(config_or_study_name, # a config (YAML file or `Config`), 
         warnings.simplefilter('ignore')
         return optuna.load_study(study_name=name, storage=found[0])
 
-# %% ../nbs/13_search.ipynb #e1c3adae
-def search(config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
-           n_trials:int=None, # trials this process runs (none: search.n_trials)
-           study_name:str=None, # the study's name (none: search.study_name)
-           resume:bool=False, # continue the study, or join it from another worker
-           storage:str=None, # Optuna storage URL (none: search.storage)
-           heartbeat_interval:int=60, # seconds between a running trial's heartbeats (0: off)
-           grace_period:int=None, # seconds without heartbeat before a trial fails (none: 2x)
-           max_retry:int=3, # times a trial failed by heartbeat is run again
-           timeout:float=None, # start no new trial after this many seconds
-           batch_size:int=None, # training.batch_size
-           lr:float=None, # optimizer.lr
-           num_epochs:int=None, # training.num_epochs
-           fold:int=None, # data.fold
-           num_workers:int=None, # data.num_workers
-           device:str=None, # training.device (cuda, cuda:N, cpu, mps)
-           seed:int=None, # seed
-           overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
-          ):
-    "Search hyperparameters with Optuna as the config's search: section says."
-    setup_logging()
-    ov = cli_overrides(overrides, batch_size=batch_size, lr=lr, num_epochs=num_epochs, fold=fold,
-                       num_workers=num_workers, device=device, seed=seed)
-    study = run_search(config, ov, n_trials=n_trials, study_name=study_name, resume=resume,
-                       storage=storage, heartbeat_interval=heartbeat_interval,
-                       grace_period=grace_period, max_retry=max_retry, timeout=timeout)
-    b, c = study.best_trial, _counts(study)
-    cfg = load_config(config, ov)
-    bc = study_dir(cfg, study.study_name)/'best_config.yaml'
-    print(f"study {study.study_name}: {sum(c.values())} trials ("
-          + ', '.join(f'{v} {k.lower()}' for k, v in sorted(c.items())) + ')')
-    print(f"best trial {b.number}: {study.user_attrs.get('metric', 'value')} {b.value:.4f} with "
-          + ', '.join(f'{k}={v}' for k, v in b.params.items()))
-    print(f'best config: {bc} (train it: ml-train --config {bc})')
-    return 0
-
-# %% ../nbs/13_search.ipynb #fc365197
-def ml_search(argv=None):
-    "Console command `ml-search`."
-    from imgcls.cli import run_cli
-    return run_cli(search, 'ml-search', argv)
+# %% ../nbs/13_search.ipynb #a8a1cf33
+from .cli import ml_search  # defined in the light imgcls.cli: --help loads no torch
+_all_ = ['ml_search']

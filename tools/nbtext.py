@@ -39,7 +39,9 @@ def to_nb(src_path):
     seen, nb_cells = set(), []
     for kind, lines in cells:
         if kind == 'markdown':
-            lines = [ln[2:] if ln.startswith('# ') else ln.lstrip('#') for ln in lines]
+            # `# text` -> `text` and a bare `#` -> an empty line; any other line is kept as
+            # written (stripping its `#`s turned a `## Heading` typed uncommented into text)
+            lines = [ln[2:] if ln.startswith('# ') else '' if ln == '#' else ln for ln in lines]
         src = '\n'.join(lines).strip('\n')
         h = hashlib.sha1(src.encode()).hexdigest()
         i = 0
