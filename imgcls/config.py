@@ -103,7 +103,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #309732e3
+# %% ../nbs/01_config.ipynb #f497d237
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -118,6 +118,8 @@ _RULES = {
     'augmentation.scale': dict(len=2), 'augmentation.horizontal_flip': _P,
     'augmentation.vertical_flip': _P, 'augmentation.random_erasing': _P,
     'augmentation.rotation': dict(min=0, max=180), 'augmentation.color_jitter': dict(min=0),
+    'augmentation.pad_crop': dict(type=int, min=0),
+    'augmentation.policy': dict(choices=['none', 'trivial', 'randaugment', 'autoaugment']),
     'augmentation.mean': dict(len=3), 'augmentation.std': dict(len=3),
     'model.type': dict(choices=['base', 'custom']), 'model.weights_path': dict(type=str, null=True),
     'model.dropout': dict(min=0, max=1, max_open=True),

@@ -19,23 +19,28 @@ from .images import load_image
 from .splits import SPLITS, check_splits, read_index
 
 # %% auto #0
-__all__ = ['base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
+__all__ = ['POLICIES', 'base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
            'get_datasets', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders', 'denormalize',
            'show_batch']
 
-# %% ../nbs/05_data.ipynb #72d64317
+# %% ../nbs/05_data.ipynb #00cf92f4
 def base_transform(img, # a PIL image, already RGB
                    resize_size:int, # target length of the shorter side
                   ) -> torch.Tensor:
     "Resize the shorter side of `img` to `resize_size` and return a `uint8` CHW tensor."
     return TF.pil_to_tensor(TF.resize(img, resize_size, antialias=True))
 
+POLICIES = {'trivial': v2.TrivialAugmentWide, 'randaugment': v2.RandAugment,
+            'autoaugment': v2.AutoAugment}  # augmentation.policy: torchvision's, on uint8 images
+
 def train_transform(cfg:Config) -> v2.Compose:
     "Augmentations for training, from `cfg.augmentation`, applied to base `uint8` tensors."
     a, size = cfg.augmentation, cfg.data.image_size
     t = [v2.RandomResizedCrop(size, scale=tuple(a.scale), antialias=True) if a.random_resized_crop
          else v2.CenterCrop(size)]
+    if a.pad_crop > 0: t.append(v2.RandomCrop(size, padding=a.pad_crop))
     if a.horizontal_flip > 0: t.append(v2.RandomHorizontalFlip(a.horizontal_flip))
+    if a.policy != 'none': t.append(POLICIES[a.policy]())
     if a.vertical_flip > 0: t.append(v2.RandomVerticalFlip(a.vertical_flip))
     if a.rotation > 0: t.append(v2.RandomRotation(a.rotation))
     if a.color_jitter > 0: t.append(v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter))
@@ -49,7 +54,7 @@ def eval_transform(cfg:Config) -> v2.Compose:
     return v2.Compose([v2.CenterCrop(cfg.data.image_size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(a.mean, a.std)])
 
-# %% ../nbs/05_data.ipynb #7c4658d3
+# %% ../nbs/05_data.ipynb #cd878e09
 class _Batch(tuple):
     "An already collated (images, labels) batch."
 
@@ -63,7 +68,8 @@ class BatchAugment:
         a = cfg.augmentation
         self.size, self.rrc, self.scale = cfg.data.image_size, a.random_resized_crop, tuple(a.scale)
         self.ratio = (math.log(3 / 4), math.log(4 / 3))
-        self.hflip, self.vflip = a.horizontal_flip, a.vertical_flip
+        self.hflip, self.vflip, self.pad = a.horizontal_flip, a.vertical_flip, int(a.pad_crop)
+        self.policy = POLICIES[a.policy]() if a.policy != 'none' else None
         self.mean = torch.tensor(a.mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(a.std).view(1, 3, 1, 1) * 255
         extra = []
@@ -74,7 +80,14 @@ class BatchAugment:
         self.erase = v2.RandomErasing(a.random_erasing) if a.random_erasing > 0 else None
 
     def boxes(self, hw:torch.Tensor) -> torch.Tensor:
-        "Crop boxes (x1, y1, x2, y2) for images of sizes `hw` (B, 2), as RandomResizedCrop draws."
+        ("Crop boxes (x1, y1, x2, y2) for images of sizes `hw` (B, 2), as RandomResizedCrop "
+         "draws (or the centre crop), shifted by up to `pad_crop` pixels each way.")
+        b = self._crop_boxes(hw)
+        if self.pad <= 0: return b
+        shift = torch.randint(-self.pad, self.pad + 1, (len(hw), 2)).float()
+        return b + shift.repeat(1, 2)  # beyond the image edge roi_align reads black, as padding
+
+    def _crop_boxes(self, hw:torch.Tensor) -> torch.Tensor:
         h, w = hw[:, 0:1].float(), hw[:, 1:2].float()
         S = float(self.size)
         if not self.rrc:
@@ -109,6 +122,9 @@ class BatchAugment:
             if p > 0:
                 m = torch.rand(len(xs)) < p
                 out[m] = out[m].flip(dim)
+        if self.policy is not None:  # torchvision's policies take uint8 images, one at a time
+            u8 = out.round().clamp_(0, 255).to(torch.uint8)
+            out = torch.stack([self.policy(o) for o in u8]).float()
         if self.extra is not None:
             out = torch.stack([self.extra(o / 255) * 255 for o in out])
         out = (out - self.mean) / self.std

@@ -15,8 +15,8 @@ from .config import Config
 from .core import CheckpointError, ConfigError, logger
 
 # %% auto #0
-__all__ = ['register_model', 'list_models', 'simple_cnn', 'tiny_net', 'dp_cnn', 'replace_head', 'cached_weights_path',
-           'get_model', 'dp_compatible', 'model_from_checkpoint']
+__all__ = ['register_model', 'list_models', 'simple_cnn', 'BasicBlock', 'small_resnet', 'tiny_net', 'dp_cnn', 'replace_head',
+           'cached_weights_path', 'get_model', 'dp_compatible', 'model_from_checkpoint']
 
 # %% ../nbs/07_models.ipynb #f010dac4
 _CUSTOM = {}
@@ -40,7 +40,7 @@ def _unknown(name, names, what):
     hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else '; see list_models()'
     return ConfigError(f"unknown {what} '{name}'{hint}")
 
-# %% ../nbs/07_models.ipynb #e7363745
+# %% ../nbs/07_models.ipynb #52cdb5e2
 def _conv_bn(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
@@ -53,6 +53,25 @@ def simple_cnn(num_classes:int, dropout:float=0.0) -> nn.Module:
         _conv_bn(3, 32), _conv_bn(32, 32), nn.MaxPool2d(2),
         _conv_bn(32, 64), _conv_bn(64, 64), nn.MaxPool2d(2),
         _conv_bn(64, 128), _conv_bn(128, 128),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(128, num_classes))
+
+class BasicBlock(nn.Module):
+    "Two 3x3 conv-BN layers and a shortcut (a strided 1x1 conv-BN where the shape changes), ReLU."
+    def __init__(self, cin:int, cout:int, stride:int=1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    def forward(self, x): return torch.relu(self.body(x) + self.skip(x))
+
+@register_model()
+def small_resnet(num_classes:int, dropout:float=0.0) -> nn.Module:
+    ("A ResNet for 16-64 px images: a 3x3 stem, basic blocks at 32, 64 and 128 channels "
+     "(strides 1, 2, 2), global pooling, a linear head.")
+    return nn.Sequential(
+        _conv_bn(3, 32), BasicBlock(32, 32), BasicBlock(32, 64, 2), BasicBlock(64, 128, 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(128, num_classes))
 
 @register_model()

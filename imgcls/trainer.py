@@ -197,7 +197,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #a5378566
+# %% ../nbs/09_trainer.ipynb #6005ff10
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -522,6 +522,7 @@ class BaseTrainer:
                 if best: self.save('best.pt', val)
                 self.save('last.pt', val)
                 self._log_epoch(row, best)
+                self._check_learning(row)
                 self._cb('after_epoch', row)
                 if self.should_stop(): self._interrupted()
                 if self.early.should_stop:
@@ -533,6 +534,25 @@ class BaseTrainer:
         self.summary = self._finish(time.time() - t0, stopped_early, images)
         self._cb('after_fit')
         return self.summary
+
+    def _check_learning(self, row):
+        "After a quarter of the epochs (at least 2 of 4 or more), warn once if still near chance."
+        E, k = self.cfg.training.num_epochs, len(self.classes)
+        if E < 4 or row['epoch'] != max(2, math.ceil(E / 4)) or not self.is_main or k < 2: return
+        chance, v = 1 / k, row['val_balanced_acc']
+        if v >= chance + 0.1 * (1 - chance): return
+        counts = torch.bincount(torch.as_tensor(self.datasets['train'].targets), minlength=k)
+        spe, c = len(self.dls['train']), self.cfg
+        a = c.augmentation
+        aug = ', '.join(f'{n} {getattr(a, n)}' for n in ('scale', 'rotation', 'color_jitter',
+                        'random_erasing', 'policy') if getattr(a, n) not in (0, 0.0, 'none'))
+        logger.warning(
+            f"not learning: validation balanced accuracy {v:.3f} after {row['epoch']} of {E} "
+            f"epochs is near chance ({chance:.3f} for {k} classes). Check: {spe} optimizer "
+            f"step(s) an epoch (aim for 10 or more: a smaller training.batch_size, now "
+            f"{c.training.batch_size}); optimizer.lr {c.optimizer.lr} (ml-lr-finder suggests "
+            f"one); augmentation strength ({aug or 'none'}); class balance (training images a "
+            f"class {int(counts.min())}-{int(counts.max())})")
 
     def _log_epoch(self, row, best):
         if not self.is_main: return
