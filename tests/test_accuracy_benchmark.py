@@ -1,0 +1,73 @@
+"""The accuracy benchmark (benchmarks/accuracy.py) runs README's new-user steps and both baselines
+and prints its table (a --quick run: this checks that the command works and what it makes, never
+how accurate or fast anything is; accuracies are only checked to be accuracies, timings never)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import env, show
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ('svc', 'pytorch loop', 'imgcls defaults')
+SHAPES = ('circle', 'triangle', 'square', 'star', 'cross')
+
+
+def test_accuracy_benchmark_quick_prints_every_row(tmp_path):
+    out = tmp_path / 'acc.json'
+    res = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'accuracy.py'), '--quick',
+                          '--datasets', 'digits20', 'shapes', '--data', str(tmp_path / 'work'),
+                          '--json', str(out)],
+                         capture_output=True, text=True, env=env(), timeout=900)
+    assert res.returncode == 0, show(res)
+    assert 'Traceback' not in res.stdout + res.stderr, show(res)
+    assert 'QUICK RUN' in res.stdout and 'say nothing about accuracy' in res.stdout, res.stdout
+    for name, images, classes in (('digits20', 200, 10), ('shapes', 100, 5)):
+        for meth in METHODS:
+            m = re.search(rf'^{name}\s+{images}\s+{classes}\s+(\d+)\s+{re.escape(meth)}\s+'
+                          r'([\d.]+)\s+([\d.]+)', res.stdout, re.M)
+            assert m, f'no table row for {name} / {meth}\n{show(res)}'
+            assert 0 <= float(m.group(2)) <= 1, m.group(0)
+            assert int(m.group(1)) > 0
+        assert re.search(rf'^{name}\s.*imgcls defaults\s.*acc [+-][\d.]+, time [\d.]+x loop$',
+                         res.stdout, re.M), res.stdout
+        assert re.search(rf'^{name}: imgcls defaults [\d.]+ (reached|did NOT reach) the better '
+                         r'baseline \((svc|pytorch loop) ', res.stdout, re.M), res.stdout
+    # no flips where a mirror changes the class, both flips where it cannot
+    assert re.search(r'^digits20: .*flips allowed: none$', res.stdout, re.M), res.stdout
+    assert re.search(r'^shapes: .*flips allowed: hv$', res.stdout, re.M), res.stdout
+
+    # the three methods were scored on the same test images, those of the split
+    figures = json.loads(out.read_text())
+    for name in ('digits20', 'shapes'):
+        d = figures['datasets'][name]
+        test = (Path(d['work']) / 'data' / name / 'splits' / 'test.txt').read_text().split('\n')
+        n_test = len([ln for ln in test if ln.strip()])
+        assert n_test == d['n_test'] > 0
+        assert {m: r['n_test'] for m, r in d['methods'].items()} == dict.fromkeys(METHODS, n_test)
+        # README's steps ran in the working folder: config, splits, a run with its summary
+        work = Path(d['work'])
+        assert (work / 'configs' / f'{name}_config.yaml').is_file()
+        assert (Path(d['methods']['imgcls defaults']['run_dir']) / 'summary.json').is_file()
+
+    # the generated shapes folder looks like a user's: mixed formats and modes, 20+ images a class
+    raw = Path(figures['datasets']['shapes']['work']) / 'data' / 'shapes' / 'raw'
+    assert sorted(p.name for p in raw.iterdir()) == sorted(SHAPES)
+    seen, sizes = set(), set()
+    for cls in SHAPES:
+        files = [p for p in (raw / cls).iterdir() if p.is_file()]
+        assert len(files) >= 20, (cls, len(files))
+        for p in files:
+            with Image.open(p) as im:
+                im.load()
+                seen.add((im.format, im.mode))
+                if im.format == 'JPEG' and im.getexif().get(0x0112, 1) != 1: seen.add('exif')
+                sizes.add(im.size)
+    for kind in (('JPEG', 'RGB'), ('PNG', 'RGB'), ('PNG', 'RGBA'), ('JPEG', 'CMYK'), 'exif'):
+        assert kind in seen, (kind, seen)
+    assert {('PNG', 'L'), ('JPEG', 'L')} & seen, seen
+    assert len(sizes) > 10 and any(w != h for w, h in sizes), sizes
