@@ -102,19 +102,24 @@ def machine_info() -> dict:
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
                 bf16=bool(cpu_features()['bf16']))
 
-# %% ../nbs/04_autoconfig.ipynb #d754241c
+# %% ../nbs/04_autoconfig.ipynb #8af1a23b
 MIN_STEPS = 500     # optimizer steps every recipe takes at least
 MAX_EPOCHS = 300   # a tiny set takes many short epochs to reach MIN_STEPS
 TRAIN_SHARE = 0.64  # of the images, in a training split by ml-split's defaults (20% test, 1/5 val)
 
 def _pow2_floor(x:float) -> int: return 1 << max(0, int(x).bit_length() - 1)
 
+def _budget(n_images:int, batch_size:int) -> tuple[int, int]:
+    "Estimated training images and optimizer steps an epoch for `n_images` at `batch_size`."
+    n_train = max(1, round(n_images * TRAIN_SHARE))
+    return n_train, max(1, math.ceil(n_train / batch_size))
+
 def recipe(info:dict, # from `inspect_dataset`
            machine:dict, # from `machine_info`
           ) -> dict:
     "Dotted config key -> (value, why): the training recipe for dataset `info` on `machine`."
-    gpu, short, n = machine['cuda'], min(info['median_size']), info['n_images']
-    n_train = max(1, round(n * TRAIN_SHARE))
+    gpu, short = machine['cuda'], min(info['median_size'])
+    n_train, _ = _budget(info['n_images'], 1)
     r = {}
     if gpu and short >= 128:
         size = 224
@@ -148,7 +153,7 @@ def recipe(info:dict, # from `inspect_dataset`
         'whose left and right differ'))
     cap = 128 if size <= 64 else 64
     bs = min(cap, max(8, _pow2_floor(n_train / 10)))
-    spe = max(1, math.ceil(n_train / bs))
+    _, spe = _budget(info['n_images'], bs)
     lo = 8 if n_train <= 100_000 else 3
     epochs = min(MAX_EPOCHS, max(lo, math.ceil(MIN_STEPS / spe)))
     r['training.batch_size'] = (bs, f'about {n_train} training images: {spe} steps an epoch '
@@ -183,7 +188,7 @@ def suggest_values(info:dict, machine:dict) -> dict:
     "Dotted config keys and values that suit dataset `info` on `machine` (the recipe's values)."
     return {k: v for k, (v, _) in recipe(info, machine).items()}
 
-# %% ../nbs/04_autoconfig.ipynb #88053faf
+# %% ../nbs/04_autoconfig.ipynb #bfe2d6fa
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -191,18 +196,17 @@ def step_seconds(cfg, # a resolved config: the model, input size, batch size and
     "Seconds one training step of `cfg` takes on this machine, measured on random images."
     import torch
     from imgcls.models import get_model
-    from imgcls.trainer import get_device
+    from imgcls.trainer import autocast_dtype, get_device
     dev = get_device(cfg.training.device)
     model = get_model(cfg, num_classes).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     s, bs = cfg.data.image_size, cfg.training.batch_size
     x, y = torch.randn(bs, 3, s, s, device=dev), torch.randint(0, num_classes, (bs,), device=dev)
-    mp = cfg.training.trainer_type == 'mixed_precision'
-    dtype = torch.bfloat16 if dev.type == 'cpu' else getattr(torch, cfg.training.amp_dtype)
+    dtype = autocast_dtype(cfg, dev)
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
-        with torch.autocast(dev.type, dtype=dtype, enabled=mp):
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         if dev.type == 'cuda': torch.cuda.synchronize()
@@ -245,12 +249,12 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     for k, (v, why) in values.items(): text = set_template_value(text, k, v, why)
     if not optuna: text = drop_section(text, 'search')
     w, h = info['median_size']
-    vals = {k: v for k, (v, _) in rec.items()}
-    n_train, bs = max(1, round(info['n_images'] * TRAIN_SHARE)), vals['training.batch_size']
-    steps = math.ceil(n_train / bs) * vals['training.num_epochs']
+    vals = {k: v for k, (v, _) in values.items()}
+    bs = vals['training.batch_size']
+    n_train, spe = _budget(info['n_images'], bs)
+    steps = spe * vals['training.num_epochs']
     cpu = f"{machine['cpus']} CPU cores" + (', native bfloat16' if machine.get('bf16') else '')
-    eta = (_expected_time(load_config(None, {k: v for k, (v, _) in values.items()}), steps,
-                          len(info['classes'])) if measure else '')
+    eta = _expected_time(load_config(None, vals), steps, len(info['classes'])) if measure else ''
     head = (f"# imgcls config for '{name}', written by ml-init-config on {datetime.date.today()}.\n"
             f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, "
             f"typical size {w}x{h}, largest/smallest class {info['imbalance']}.\n"

@@ -10,8 +10,8 @@ import contextlib, functools, logging, os, platform, random, sys, tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['logger', 'ImgclsError', 'ConfigError', 'DataError', 'CheckpointError', 'atomic_open', 'atomic_write', 'setup_logging',
-           'close_log_file', 'seed_everything', 'cpu_features', 'describe_cpu']
+__all__ = ['logger', 'X86_ARCHES', 'ImgclsError', 'ConfigError', 'DataError', 'CheckpointError', 'atomic_open', 'atomic_write',
+           'setup_logging', 'close_log_file', 'seed_everything', 'cpu_features', 'describe_cpu']
 
 # %% ../nbs/00_core.ipynb #b4d0987f
 class ImgclsError(Exception):
@@ -114,8 +114,8 @@ def seed_everything(seed:int=42, # seed for Python, NumPy and torch (CPU and eve
         torch.backends.cudnn.benchmark = False
     return seed
 
-# %% ../nbs/00_core.ipynb #039da488
-_X86 = ('x86_64', 'amd64', 'i386', 'i686', 'x86')
+# %% ../nbs/00_core.ipynb #41fe2925
+X86_ARCHES = ('x86_64', 'amd64', 'i386', 'i686', 'x86')  # platform.machine() on x86
 
 def _cpuinfo_flags() -> set|None:
     "The CPU's feature flags in /proc/cpuinfo (Linux: `flags` on x86, `Features` on ARM), or None."
@@ -143,7 +143,7 @@ def cpu_features() -> dict:
      "or None where it cannot be told.")
     arch = platform.machine().lower() or 'unknown'
     out = {'arch': arch, 'avx2': None, 'avx512': None, 'vnni': None, 'bf16': None}
-    if arch not in _X86:
+    if arch not in X86_ARCHES:
         f = _cpuinfo_flags() or set()
         return {**out, 'bf16': 'bf16' in f if f else None}
     f = _cpuinfo_flags()
@@ -156,7 +156,7 @@ def describe_cpu(f:dict|None=None, # `cpu_features()` (None: this CPU's)
                 ) -> str:
     "One line for logs and reports: `x86_64 (AVX2, AVX512, VNNI: yes, native bf16: no)`."
     f = f or cpu_features()
-    if f['arch'] not in _X86: return f['arch']
+    if f['arch'] not in X86_ARCHES: return f['arch']
     yn = lambda v: 'unknown' if v is None else 'yes' if v else 'no'
     parts = [k.upper() for k in ('avx2', 'avx512') if f.get(k)] + [f"VNNI: {yn(f.get('vnni'))}"]
     return f"{f['arch']} ({', '.join(parts)}, native bf16: {yn(f.get('bf16'))})"

@@ -24,7 +24,7 @@ from .models import get_model
 # %% auto #0
 __all__ = ['MONITOR_MODE', 'TRAINERS', 'TrainingError', 'TrainingInterrupted', 'get_device', 'build_criterion', 'build_optimizer',
            'LRSchedule', 'build_scheduler', 'EarlyStopping', 'Callback', 'in_notebook', 'show_progress', 'progress_bar',
-           'config_changes', 'BaseTrainer', 'write_manifest', 'StandardTrainer', 'cpu_supports_bf16',
+           'config_changes', 'BaseTrainer', 'write_manifest', 'StandardTrainer', 'cpu_supports_bf16', 'autocast_dtype',
            'MixedPrecisionTrainer', 'get_trainer', 'train']
 
 # %% ../nbs/09_trainer.ipynb #e60339fa
@@ -701,7 +701,7 @@ def write_manifest(run_dir, cfg:Config, train_ds) -> Path:
          'config': cfg.to_dict()}
     return atomic_write(Path(run_dir)/'manifest.json', json.dumps(m, indent=1, default=str) + '\n')
 
-# %% ../nbs/09_trainer.ipynb #9cef4257
+# %% ../nbs/09_trainer.ipynb #36c20717
 class StandardTrainer(BaseTrainer):
     "Plain PyTorch on one device, CPU or GPU."
     trainer_type = 'standard'
@@ -711,6 +711,13 @@ def cpu_supports_bf16() -> bool:
     try: return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError: return False
 
+def autocast_dtype(cfg:Config, # the run's config (training.trainer_type, training.amp_dtype)
+                   device:torch.device, # where it trains
+                  ) -> torch.dtype|None:
+    "The dtype mixed precision autocasts to on `device` (None for the other trainers)."
+    if cfg.training.trainer_type != 'mixed_precision': return None
+    return getattr(torch, cfg.training.amp_dtype) if device.type == 'cuda' else torch.bfloat16
+
 class MixedPrecisionTrainer(BaseTrainer):
     ("Autocast: float16 with a GradScaler or bfloat16 on CUDA (`training.amp_dtype`); "
      "bfloat16 on CPUs.")
@@ -718,12 +725,10 @@ class MixedPrecisionTrainer(BaseTrainer):
 
     def setup(self):
         super().setup()
-        if self.device.type == 'cuda': self.amp_dtype = getattr(torch, self.cfg.training.amp_dtype)
-        else:
-            self.amp_dtype = torch.bfloat16
-            if self.device.type == 'cpu' and not cpu_supports_bf16():
-                logger.warning('this CPU has no native bfloat16; mixed precision may be slower '
-                               'than standard')
+        self.amp_dtype = autocast_dtype(self.cfg, self.device)
+        if self.device.type == 'cpu' and not cpu_supports_bf16():
+            logger.warning('this CPU has no native bfloat16; mixed precision may be slower '
+                           'than standard')
         logger.info(f'mixed precision: {self.amp_dtype} autocast on {self.device.type}')
         return self
 
