@@ -15,8 +15,8 @@ from .core import ConfigError, DataError, atomic_write, cpu_features
 from .images import class_folders, list_image_files
 
 # %% auto #0
-__all__ = ['MIN_STEPS', 'MAX_EPOCHS', 'TRAIN_SHARE', 'set_template_value', 'drop_section', 'inspect_dataset', 'machine_info',
-           'recipe', 'suggest_values', 'step_seconds', 'init_config']
+__all__ = ['MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'LR', 'TRAIN_SHARE', 'set_template_value', 'drop_section', 'inspect_dataset',
+           'machine_info', 'recipe', 'suggest_values', 'step_seconds', 'init_config']
 
 # %% ../nbs/04_autoconfig.ipynb #622cdd64
 _LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')
@@ -102,9 +102,11 @@ def machine_info() -> dict:
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
                 bf16=bool(cpu_features()['bf16']))
 
-# %% ../nbs/04_autoconfig.ipynb #8af1a23b
-MIN_STEPS = 500     # optimizer steps every recipe takes at least
-MAX_EPOCHS = 300   # a tiny set takes many short epochs to reach MIN_STEPS
+# %% ../nbs/04_autoconfig.ipynb #a7e2e109
+MIN_IMAGES = 16_000  # training images seen in all at least: a small set takes many epochs
+MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
+MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
+LR = 3e-3            # AdamW's one-cycle peak at every batch size from 8 to 128
 TRAIN_SHARE = 0.64  # of the images, in a training split by ml-split's defaults (20% test, 1/5 val)
 
 def _pow2_floor(x:float) -> int: return 1 << max(0, int(x).bit_length() - 1)
@@ -142,6 +144,10 @@ def recipe(info:dict, # from `inspect_dataset`
         r['augmentation.random_resized_crop'] = (False, 'images hardly larger than the input: '
                                                  'shifted (pad_crop), never rescaled')
         r['augmentation.pad_crop'] = (pad, f'shift each image by up to {pad} px (1/8 of its side)')
+    elif size <= 128:
+        r['augmentation.scale'] = ([0.75, 1.0], 'random crops of 75-100% of the image: a small '
+                                   'input keeps the whole object (a floor of 0.35 cut shapes '
+                                   'at 64 px from 90% test accuracy to 21%)')
     else:
         r['augmentation.scale'] = ([0.35, 1.0], 'random crops of 35-100% of the image: 0.08 is '
                                    "ImageNet's floor, too strong for a few thousand images")
@@ -154,16 +160,17 @@ def recipe(info:dict, # from `inspect_dataset`
     cap = 128 if size <= 64 else 64
     bs = min(cap, max(8, _pow2_floor(n_train / 10)))
     _, spe = _budget(info['n_images'], bs)
-    lo = 8 if n_train <= 100_000 else 3
-    epochs = min(MAX_EPOCHS, max(lo, math.ceil(MIN_STEPS / spe)))
+    lo = MIN_EPOCHS if n_train <= 100_000 else 3
+    epochs = min(MAX_EPOCHS, max(lo, math.ceil(MIN_IMAGES / n_train)))
     r['training.batch_size'] = (bs, f'about {n_train} training images: {spe} steps an epoch '
                                 '(aim: 10 or more)')
-    r['training.num_epochs'] = (epochs, f'{spe * epochs} optimizer steps in all (at least '
-                                f'{MIN_STEPS}, within {lo}-{MAX_EPOCHS} epochs)')
-    lr = round(2e-3 * math.sqrt(bs / 64), 5)
+    r['training.num_epochs'] = (epochs, f'{n_train * epochs:,} images seen in all, '
+                                f'{spe * epochs} optimizer steps (at least {MIN_IMAGES:,} images, '
+                                f'within {lo}-{MAX_EPOCHS} epochs)')
     r['optimizer.type'] = ('adamw', 'AdamW with a one-cycle schedule trains fast and needs no '
                            'tuning of its own')
-    r['optimizer.lr'] = (lr, 'peak learning rate: 2e-3 at batch 64, scaled by sqrt(batch/64)')
+    r['optimizer.lr'] = (LR, 'peak learning rate, the same at every batch size from 8 to 128 '
+                         '(AdamW hardly needs it scaled); lower it if the loss jumps')
     r['optimizer.weight_decay'] = (0.05, 'decoupled weight decay, AdamW\'s usual strength')
     r['scheduler.type'] = ('onecycle', 'warm-up over the first 30% of the steps, then a cosine '
                            'decay to almost zero')
@@ -188,7 +195,7 @@ def suggest_values(info:dict, machine:dict) -> dict:
     "Dotted config keys and values that suit dataset `info` on `machine` (the recipe's values)."
     return {k: v for k, (v, _) in recipe(info, machine).items()}
 
-# %% ../nbs/04_autoconfig.ipynb #bfe2d6fa
+# %% ../nbs/04_autoconfig.ipynb #6b922699
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -226,6 +233,7 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
                 out_dir='configs', # where to write NAME_config.yaml
                 force:bool=False, # overwrite an existing file
                 machine:dict|None=None, # override machine_info() (for tests; no time measured)
+                time_budget_min:float|None=None, # fit the run to this many minutes of training
                ) -> Path:
     "Write `out_dir/NAME_config.yaml` for the dataset at `data_dir`, with every key documented."
     data_dir = Path(data_dir)
@@ -239,6 +247,12 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     rec = recipe(info, machine)
     values = {'data.data_dir': (data_dir.as_posix(), None), 'data.dataset_name': (name, None),
               **rec}
+    if time_budget_min is not None:
+        if not time_budget_min > 0:
+            raise ConfigError(f'--time_budget_min must be > 0 minutes, got {time_budget_min}')
+        values['training.time_budget_min'] = (float(time_budget_min), (
+            f'{time_budget_min:g} minutes: after the first epoch, training.num_epochs is set to '
+            'the epochs that fit and the schedule is planned for them'))
     if optuna:
         values.update({k: (v, None) for k, v in {
             'search.study_name': f'{name}_search',
@@ -260,7 +274,9 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
             f"typical size {w}x{h}, largest/smallest class {info['imbalance']}.\n"
             f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, {cpu}.\n"
             f"# Recipe: about {n_train} training images in batches of {bs}, "
-            f"{vals['training.num_epochs']} epochs: {steps} optimizer steps{eta}.\n"
+            f"{vals['training.num_epochs']} epochs: {steps} optimizer steps{eta}"
+            + (f"; a time budget of {time_budget_min:g} min re-plans the epochs"
+               if time_budget_min else '') + ".\n"
             "# Each choice is explained above its key; every key is documented in the template "
             f"({TEMPLATE_PATH.name}).\n# Run `ml-split` before training.\n\n")
     text = head + text

@@ -151,16 +151,18 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
 
 def ml_split(argv=None): return run_cli(split, 'ml-split', argv)
 
-# %% ../nbs/90_cli.ipynb #f20b770b
+# %% ../nbs/90_cli.ipynb #a2ccaac6
 def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
                 optuna:bool=False, # add a search: section for ml-search
                 out_dir:str='configs', # folder for NAME_config.yaml
                 force:bool=False, # overwrite an existing config file
+                time_budget_min:float=None, # fit training to N minutes (training.time_budget_min)
                ):
     ("Inspect a dataset and this machine "
      "and write configs/NAME_config.yaml with every key documented.")
     from imgcls.autoconfig import init_config as _init
-    p = _init(data_dir, optuna=optuna, out_dir=out_dir, force=force)
+    p = _init(data_dir, optuna=optuna, out_dir=out_dir, force=force,
+              time_budget_min=time_budget_min)
     print(f'wrote {p}')
 
 def ml_init_config(argv=None):
@@ -206,7 +208,7 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
 
 def ml_train(argv=None): return run_cli(train, 'ml-train', argv)
 
-# %% ../nbs/90_cli.ipynb #1ae6aab1
+# %% ../nbs/90_cli.ipynb #51c68e8a
 def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
               start_lr:float=1e-7, # first learning rate of the sweep
               end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
@@ -241,13 +243,13 @@ def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
 # %% ../nbs/90_cli.ipynb #93139111
 def ml_lr_finder(argv=None): return run_cli(lr_finder, 'ml-lr-finder', argv)
 
-# %% ../nbs/90_cli.ipynb #309b0a34
+# %% ../nbs/90_cli.ipynb #faf7a639
 def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
               images:list[str]=None, # image files, folders or glob patterns (none: test the run)
               top_k:int=5, # classes (with probabilities) to report for each image
               output:str=None, # predictions file (none: stdout with --images, else in the run)
               format:str='csv', # csv or json
-              tta:bool=False, # test-time augmentation: average with the left-right mirrored image
+              tta:bool=False, # TTA: average over views training used (default: evaluation.tta)
               batch_size:int=64, # images a forward pass
               device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
               skip_bad:bool=False, # skip unreadable images (listed on stderr) instead of stopping
@@ -267,7 +269,7 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
         raise ConfigError(f"--format must be csv or json, got '{format}'")
     check_min_confidence(min_confidence, name='--min_confidence')
     if not images:
-        r = evaluate_checkpoint(checkpoint_path, split, tta, batch_size, device, data_dir,
+        r = evaluate_checkpoint(checkpoint_path, split, tta or None, batch_size, device, data_dir,
                                 num_workers, output, format, min_confidence=min_confidence)
         m = r['metrics']
         who = f" (soft vote of {m['ensemble_of']} fold models)" if m.get('ensemble_of') else ''
@@ -278,14 +280,14 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
               f"{r['paths']['predictions']}")
         return 0
     if top_k < 1: raise ConfigError(f'--top_k must be >= 1, got {top_k}')
-    p = Predictor.from_checkpoint(checkpoint_path, device, tta, batch_size)
+    p = Predictor.from_checkpoint(checkpoint_path, device, tta or None, batch_size)
     check_min_confidence(min_confidence, p.classes, name='--min_confidence')
     preds = p.predict(images, top_k, skip_bad, min_confidence=min_confidence)
     if format == 'json':
         extra = {'ensemble_of': p.folds} if p.folds else {}
         if min_confidence: extra['min_confidence'] = min_confidence
         text = predictions_json(preds, checkpoint=str(checkpoint_path), classes=p.classes,
-                                tta=tta, top_k=min(top_k, len(p.classes)), **extra,
+                                tta=p.tta, top_k=min(top_k, len(p.classes)), **extra,
                                 skipped=[{'path': n, 'error': e} for n, e in p.skipped])
     else: text = predictions_csv(preds)
     if output is None: print(text, end='')
@@ -302,7 +304,7 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
 # %% ../nbs/90_cli.ipynb #b83eb0b4
 def ml_inference(argv=None): return run_cli(inference, 'ml-inference', argv)
 
-# %% ../nbs/90_cli.ipynb #55922fef
+# %% ../nbs/90_cli.ipynb #4aeeb0e0
 def search(config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
            n_trials:int=None, # trials this process runs (none: search.n_trials)
            study_name:str=None, # the study's name (none: search.study_name)

@@ -16,7 +16,7 @@ from .trainer import TRAINERS, BaseTrainer
 # %% auto #0
 __all__ = ['AccelerateTrainer']
 
-# %% ../nbs/09a_distributed.ipynb #4fa486a0
+# %% ../nbs/09a_distributed.ipynb #d858e40c
 class AccelerateTrainer(BaseTrainer):
     "The training loop under Hugging Face Accelerate: any number of processes and machines."
     trainer_type = 'accelerate'
@@ -90,9 +90,9 @@ class AccelerateTrainer(BaseTrainer):
         if stop and self._signal is None: self._signal = signal.SIGTERM  # another process got it
         return stop
 
-    def validate(self, split:str='val'):
+    def validate(self, split:str='val', model=None):
         "Metrics over every image of `split`, gathered from all processes (padding dropped)."
-        model, acc = self.model, self.accelerator
+        model, acc = model or self.model, self.accelerator
         limit = self.cfg.training.limit_val_batches if split == 'val' else None
         model.eval()
         logits, labels = [], []

@@ -14,8 +14,9 @@ import torch
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['TEMPERATURE_RANGE', 'compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'calibration_bins',
-           'expected_calibration_error', 'fit_temperature', 'plot_reliability', 'plot_confusion_matrix', 'write_report']
+__all__ = ['TEMPERATURE_RANGE', 'compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'tta_views', 'TTA',
+           'calibration_bins', 'expected_calibration_error', 'fit_temperature', 'plot_reliability',
+           'plot_confusion_matrix', 'write_report']
 
 # %% ../nbs/08_evaluation.ipynb #0aa3be75
 def compute_metrics(y_true, # true class indices
@@ -83,6 +84,36 @@ def evaluate(model, loader, classes:list, device='cpu', criterion=None,
         loss = criterion(logits.to(device), labels.to(device)).item()
     preds = logits.argmax(1) if len(labels) else labels
     return compute_metrics(labels.numpy(), preds.numpy(), classes, loss), logits, labels
+
+# %% ../nbs/08_evaluation.ipynb #0d89a943
+def tta_views(cfg) -> dict:
+    "Name -> function of a normalised NCHW batch: the views TTA averages for config `cfg`."
+    a, views = cfg.augmentation, {'original': lambda x: x}
+    if a.horizontal_flip > 0: views['mirror'] = lambda x: x.flip(-1)
+    if a.vertical_flip > 0: views['upside-down'] = lambda x: x.flip(-2)
+    if a.get('pad_crop', 0) >= 2:  # (configs saved before pad_crop existed lack it)
+        d = a.pad_crop // 2
+        views['shift +'] = lambda x: torch.roll(x, (d, d), (-2, -1))
+        views['shift -'] = lambda x: torch.roll(x, (-d, -d), (-2, -1))
+    if a.random_resized_crop:
+        def zoom(x):
+            h, w = x.shape[-2:]
+            ch, cw = max(1, round(h * 7 / 8)), max(1, round(w * 7 / 8))
+            i, j = (h - ch) // 2, (w - cw) // 2
+            return torch.nn.functional.interpolate(x[..., i:i + ch, j:j + cw], size=(h, w),
+                                                   mode='bilinear', align_corners=False)
+        views['zoom'] = zoom
+    return views
+
+class TTA(torch.nn.Module):
+    ("`model` averaged over `views` (from `tta_views`): its output is the log of the mean "
+     "probability, so `softmax` of it is the average and `argmax` the TTA prediction.")
+    def __init__(self, model:torch.nn.Module, views:dict):
+        super().__init__()
+        self.model, self.views = model, list(views.values())
+    def forward(self, x):
+        p = sum(self.model(v(x)).float().softmax(1) for v in self.views) / len(self.views)
+        return p.clamp_min(1e-12).log()
 
 # %% ../nbs/08_evaluation.ipynb #9faadd7d
 def calibration_bins(probs, labels, n_bins:int=15) -> dict:

@@ -22,21 +22,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _accelerate_config(tmp_path, num_epochs: int, batch_size: int):
-    "A config for the tiny dataset (`tiny_split`) with `trainer_type: accelerate`, on CPU."
+def _accelerate_config(tmp_path, num_epochs: int, batch_size: int, recipe: bool = False):
+    """A config for the tiny dataset (`tiny_split`) with `trainer_type: accelerate`, on CPU;
+    `recipe`: with model EMA, MixUp and test-time augmentation as well."""
     cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.0},
+           'augmentation': {'horizontal_flip': 0.0, **({'mixup': 0.2} if recipe else {})},
            'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
            'optimizer': {'lr': 0.05},
            'training': {'trainer_type': 'accelerate', 'num_epochs': num_epochs,
-                        'batch_size': batch_size, 'device': 'cpu'}}
+                        'batch_size': batch_size, 'device': 'cpu',
+                        **({'ema_decay': 0.9} if recipe else {})},
+           **({'evaluation': {'tta': True}} if recipe else {})}
     p = tmp_path / 'tiny_config.yaml'
     p.write_text(yaml.safe_dump(cfg))
     return p
 
 
 def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
-    p = _accelerate_config(tmp_path, num_epochs=2, batch_size=8)
+    p = _accelerate_config(tmp_path, num_epochs=2, batch_size=8, recipe=True)
     e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
     args = [command('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
             '--main_process_port', str(_free_port()), '--no_python', command('ml-train'),
@@ -52,6 +55,8 @@ def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
     assert log.count('epoch 1/2') == 1 and log.count('epoch 2/2') == 1, log
     s = json.loads((rd / 'summary.json').read_text())
     assert s['val']['n'] == 40 and s['test']['n'] == 20, s   # every image once, no padding repeats
+    assert s['test_tta']['n'] == 20 and all('ema_val_acc' in h for h in s['history']), s
+    assert s['best_weights'] in ('model', 'ema'), s
     assert sum(map(sum, json.loads((rd / 'logs' / 'metrics_val.json').read_text())
                    ['confusion_matrix'])) == 40
     # the checkpoint loads in one process and gives the same test accuracy

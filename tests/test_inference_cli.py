@@ -55,6 +55,7 @@ def direct(project: Path, paths: list, tta: bool = False):
 
     from imgcls.config import Config
     from imgcls.data import base_transform, eval_transform
+    from imgcls.evaluation import tta_views
     from imgcls.images import load_image
     from imgcls.models import model_from_checkpoint
     model, ck = model_from_checkpoint(project / BEST)
@@ -65,8 +66,8 @@ def direct(project: Path, paths: list, tta: bool = False):
                      for p in paths])
     t = ck.get('temperature', 1.0)   # the predictor reports temperature-calibrated probabilities
     with torch.no_grad():
-        p = (model(x) / t).softmax(1)
-        if tta: p = (p + (model(x.flip(-1)) / t).softmax(1)) / 2
+        views = tta_views(cfg).values() if tta else [lambda v: v]  # this run: original and zoom
+        p = sum((model(v(x)) / t).softmax(1) for v in views) / len(views)
     assert ck['classes'] == CLASSES
     return p
 
