@@ -15,10 +15,11 @@ from .core import ConfigError, DataError, atomic_write, cpu_features
 from .images import class_folders, list_image_files
 
 # %% auto #0
-__all__ = ['MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'LR', 'TRAIN_SHARE', 'set_template_value', 'drop_section', 'inspect_dataset',
-           'machine_info', 'recipe', 'suggest_values', 'step_seconds', 'init_config']
+__all__ = ['MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'LR', 'TRAIN_SHARE', 'set_template_value', 'set_template_block',
+           'drop_section', 'inspect_dataset', 'machine_info', 'recipe', 'suggest_values', 'search_space',
+           'step_seconds', 'init_config']
 
-# %% ../nbs/04_autoconfig.ipynb #622cdd64
+# %% ../nbs/04_autoconfig.ipynb #46f61455
 _LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')
 
 def _dump(v) -> str:
@@ -36,28 +37,42 @@ def _split_comment(rest:str):
         elif ch == '#' and depth == 0 and (i == 0 or rest[i-1] == ' '): return rest[:i], rest[i:]
     return rest, ''
 
+def _find_key(lines:list, key:str):
+    "Index and match of the line of dotted `key` in YAML `lines` (two-space indents)."
+    stack = []
+    for i, line in enumerate(lines):
+        m = _LINE.match(line)
+        if not m or line.lstrip().startswith('#'): continue
+        stack = stack[:len(m['ind']) // 2] + [m['key']]
+        if '.'.join(stack) == key: return i, m
+    raise ConfigError(f"template has no key '{key}'")
+
 def set_template_value(text:str, key:str, value,
                        why:str|None=None, # a reason, written as comment lines above the key
                       ) -> str:
     "Set dotted `key` to `value` in YAML `text`, keeping its comment and layout."
-    lines, stack = text.splitlines(), []
-    for i, line in enumerate(lines):
-        m = _LINE.match(line)
-        if not m or line.lstrip().startswith('#'): continue
-        level = len(m['ind']) // 2
-        stack = stack[:level] + [m['key']]
-        if '.'.join(stack) != key: continue
-        val, comment = _split_comment(m['rest'])
-        new = f"{m['ind']}{m['key']}: {_dump(value)}"
-        if comment:
-            col = len(m['ind']) + len(m['key']) + 1 + len(val)
-            new = new.ljust(col - 1) + ' ' + comment
-        lines[i] = new
-        if why:
-            w = max(40, 99 - len(m['ind']))
-            lines[i:i] = [f"{m['ind']}# {ln}" for ln in textwrap.wrap(why, w - 2)]
-        return '\n'.join(lines) + '\n'
-    raise ConfigError(f"template has no key '{key}'")
+    lines = text.splitlines()
+    i, m = _find_key(lines, key)
+    val, comment = _split_comment(m['rest'])
+    new = f"{m['ind']}{m['key']}: {_dump(value)}"
+    if comment:
+        col = len(m['ind']) + len(m['key']) + 1 + len(val)
+        new = new.ljust(col - 1) + ' ' + comment
+    lines[i] = new
+    if why:
+        w = max(40, 99 - len(m['ind']))
+        lines[i:i] = [f"{m['ind']}# {ln}" for ln in textwrap.wrap(why, w - 2)]
+    return '\n'.join(lines) + '\n'
+
+def set_template_block(text:str, key:str, mapping:dict) -> str:
+    ("Replace the lines nested under dotted `key` (a mapping, such as `search.search_space`) "
+     "with `mapping`, one flow-style line an entry, keeping the key's own line and comment.")
+    lines = text.splitlines()
+    i, m = _find_key(lines, key)
+    j, ind = i + 1, m['ind'] + '  '
+    while j < len(lines) and (lines[j].startswith(ind) or not lines[j].strip()): j += 1
+    lines[i + 1:j] = [f'{ind}{k}: {_dump(v)}' for k, v in mapping.items()]
+    return '\n'.join(lines) + '\n'
 
 def drop_section(text:str, section:str) -> str:
     ("Remove top-level `section` "
@@ -102,7 +117,7 @@ def machine_info() -> dict:
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
                 bf16=bool(cpu_features()['bf16']))
 
-# %% ../nbs/04_autoconfig.ipynb #a7e2e109
+# %% ../nbs/04_autoconfig.ipynb #8cdc7a50
 MIN_IMAGES = 16_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
@@ -195,7 +210,19 @@ def suggest_values(info:dict, machine:dict) -> dict:
     "Dotted config keys and values that suit dataset `info` on `machine` (the recipe's values)."
     return {k: v for k, (v, _) in recipe(info, machine).items()}
 
-# %% ../nbs/04_autoconfig.ipynb #6b922699
+def search_space(values:dict, # the recipe's values (`suggest_values`)
+                ) -> dict:
+    ("What `ml-init-config --optuna` lets ml-search vary around the recipe: AdamW's learning "
+     "rate (a tenth to 3x) and weight decay, the batch size (half to double) and label smoothing.")
+    lr, bs = values['optimizer.lr'], values['training.batch_size']
+    return {'optimizer.lr': {'type': 'loguniform', 'low': round(lr / 10, 8),
+                             'high': round(lr * 3, 8)},
+            'optimizer.weight_decay': {'type': 'loguniform', 'low': 0.005, 'high': 0.2},
+            'training.batch_size': {'type': 'categorical',
+                                    'choices': sorted({max(8, bs // 2), bs, bs * 2})},
+            'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2}}
+
+# %% ../nbs/04_autoconfig.ipynb #c05039e8
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -261,7 +288,10 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     text = template_text()
     text = text[text.index('\nseed:') + 1:]
     for k, (v, why) in values.items(): text = set_template_value(text, k, v, why)
-    if not optuna: text = drop_section(text, 'search')
+    if optuna:
+        text = set_template_block(text, 'search.search_space',
+                                  search_space({k: v for k, (v, _) in values.items()}))
+    else: text = drop_section(text, 'search')
     w, h = info['median_size']
     vals = {k: v for k, (v, _) in values.items()}
     bs = vals['training.batch_size']

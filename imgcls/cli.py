@@ -168,8 +168,8 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #259189cb
-def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
+# %% ../nbs/90_cli.ipynb #9093b3c0
+def train(config:str=None, # the YAML config, configs/NAME_config.yaml (not with --resume)
           batch_size:int=None, # training.batch_size (per device under accelerate)
           lr:float=None, # optimizer.lr
           num_epochs:int=None, # training.num_epochs
@@ -177,8 +177,8 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
           num_workers:int=None, # data.num_workers
           device:str=None, # training.device (cuda, cuda:N, cpu, mps)
           seed:int=None, # seed
-          resume:str=None, # continue the run that wrote this last.pt (in its own folder)
-          force_resume:bool=False, # resume even though the config changed in a way that matters
+          resume:str=None, # continue the run of this last.pt with its config; flags change it
+          force_resume:bool=False, # resume even if the architecture, input size... changed
           overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
          ):
     "Train a model as the config says, then evaluate it on the test set."
@@ -194,7 +194,18 @@ def train(config:str, # the YAML config, e.g. configs/NAME_config.yaml
         raise ConfigError('--resume continues one run; it does not combine with --fold all')
     ov = cli_overrides(overrides, batch_size=batch_size, lr=lr, num_epochs=num_epochs,
                        fold=None if cv else fold, num_workers=num_workers, device=device, seed=seed)
-    cfg = load_config(config, ov)
+    if resume:  # the run's own config is the base; the flags on this line change it
+        from imgcls.checkpoint import load_checkpoint
+        saved = load_checkpoint(resume).get('config')
+        if not isinstance(saved, dict):
+            raise ConfigError(f'{resume}: the checkpoint holds no config to resume with')
+        if config: print(f"--resume: continuing with the run's own config (not {config}); "
+                         'the flags on this command line change it', file=sys.stderr)
+        cfg = load_config(saved, ov)
+    elif config is None:
+        raise ConfigError('--config is required (or --resume runs/RUN/weights/last.pt to continue '
+                          'a run)')
+    else: cfg = load_config(config, ov)
     if cv:
         from imgcls.crossval import cross_validate, cv_text
         print(cv_text(cross_validate(cfg, overrides=ov)), end='')

@@ -258,7 +258,7 @@ def validate_config(cfg:dict, # the merged configuration
                               f"{{type: {'TPESampler' if sec == 'sampler' else 'MedianPruner'}}}")
     return cfg
 
-# %% ../nbs/01_config.ipynb #db0d0bee
+# %% ../nbs/01_config.ipynb #acbd6636
 FLAG_KEYS = {'batch_size': 'training.batch_size', 'lr': 'optimizer.lr',
              'num_epochs': 'training.num_epochs', 'fold': 'data.fold',
              'num_workers': 'data.num_workers', 'device': 'training.device', 'seed': 'seed'}
@@ -301,14 +301,15 @@ def _override_source(key, raw) -> str:
     "How an override is named in error messages: `override training.batch_size=0`."
     return f'override {key}={raw if isinstance(raw, str) else json.dumps(raw, default=str)}'
 
-def load_config(path=None, # YAML file; None: the template's defaults
+def load_config(path=None, # YAML file, or a mapping (a checkpoint's config); None: the defaults
                 overrides:dict|None=None, # dotted key -> value, applied after the file
                ) -> Config:
     "Read, complete, override and validate a configuration."
-    source = str(path) if path is not None else 'defaults'
+    source = ('defaults' if path is None else 'the saved config' if isinstance(path, dict)
+              else str(path))
     cfg = default_config()
     if path is not None:
-        user = load_yaml(path)
+        user = copy.deepcopy(dict(path)) if isinstance(path, dict) else load_yaml(path)
         if user is None: user = {}
         if not isinstance(user, dict):
             raise ConfigError(f'{path}: must be a mapping of keys to values')

@@ -23,10 +23,11 @@ from .evaluation import (TTA, evaluate, expected_calibration_error, fit_temperat
 from .models import get_model
 
 # %% auto #0
-__all__ = ['MONITOR_MODE', 'TRAINERS', 'TrainingError', 'TrainingInterrupted', 'get_device', 'build_criterion', 'build_optimizer',
-           'LRSchedule', 'build_scheduler', 'EarlyStopping', 'Callback', 'in_notebook', 'show_progress', 'progress_bar',
-           'make_mixer', 'ModelEMA', 'config_changes', 'BaseTrainer', 'write_manifest', 'StandardTrainer',
-           'cpu_supports_bf16', 'autocast_dtype', 'MixedPrecisionTrainer', 'get_trainer', 'train']
+__all__ = ['MONITOR_MODE', 'RESUME_REFUSED', 'TRAINERS', 'TrainingError', 'TrainingInterrupted', 'get_device', 'build_criterion',
+           'build_optimizer', 'LRSchedule', 'lr_schedule', 'build_scheduler', 'EarlyStopping', 'Callback',
+           'in_notebook', 'show_progress', 'progress_bar', 'make_mixer', 'ModelEMA', 'config_changes', 'BaseTrainer',
+           'write_manifest', 'StandardTrainer', 'cpu_supports_bf16', 'autocast_dtype', 'MixedPrecisionTrainer',
+           'get_trainer', 'train']
 
 # %% ../nbs/09_trainer.ipynb #e60339fa
 class TrainingError(ImgclsError):
@@ -88,7 +89,7 @@ def build_optimizer(cfg:Config, model:nn.Module) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if o.type == 'adam' else torch.optim.AdamW
     return cls(groups, lr=o.lr, betas=tuple(o.betas))
 
-# %% ../nbs/09_trainer.ipynb #c7cdd02a
+# %% ../nbs/09_trainer.ipynb #52f28b9f
 class LRSchedule:
     ("Multiplier of the base learning rate at each optimizer step (a picklable callable for "
      "`LambdaLR`).")
@@ -97,8 +98,28 @@ class LRSchedule:
         self.kind, self.total, self.warmup, self.spe = (kind, max(1, total_steps), warmup_steps,
                                                         max(1, steps_per_epoch))
         self.step_size, self.gamma, self.min_ratio = step_size, gamma, min_ratio
+        self.join = None  # (step, multiplier, steps): a resumed run re-planned, see `replan`
+
+    def plan(self) -> dict:
+        "What defines the curve (compared on resume to see whether it was re-planned)."
+        return {k: getattr(self, k) for k in ('kind', 'total', 'warmup', 'spe', 'step_size',
+                                              'gamma', 'min_ratio')}
+
+    def replan(self, new:LRSchedule, step:int):
+        ("Follow `new`'s plan from `step` on without a jump: a linear ramp from this schedule's "
+         "multiplier at `step` to the new plan over 30% of the steps left (at least 1).")
+        m0 = self(step)
+        self.__dict__.update(new.plan())
+        self.join = (step, m0, max(1, round(0.3 * (self.total - step))))
 
     def __call__(self, step:int) -> float:
+        j = getattr(self, 'join', None)
+        if j is not None and j[0] <= step < j[0] + j[2]:
+            frac = (step - j[0]) / j[2]
+            return j[1] * (1 - frac) + self._planned(step) * frac
+        return self._planned(step)
+
+    def _planned(self, step:int) -> float:
         if step < self.warmup: return (step + 1) / self.warmup
         t, T = step - self.warmup, max(1, self.total - self.warmup)
         frac = min(t, T) / T
@@ -111,6 +132,13 @@ class LRSchedule:
             return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (frac - 0.3) / 0.7))
         return 1.0
 
+def lr_schedule(cfg:Config, steps_per_epoch:int) -> LRSchedule:
+    "The per-step multiplier `cfg.scheduler` plans for `cfg.training.num_epochs` epochs."
+    s = cfg.scheduler
+    return LRSchedule(s.type, steps_per_epoch * cfg.training.num_epochs,
+                      s.warmup_epochs * steps_per_epoch, steps_per_epoch, s.step_size, s.gamma,
+                      s.min_lr / cfg.optimizer.lr)
+
 def build_scheduler(cfg:Config, optimizer, steps_per_epoch:int):
     ("The scheduler `cfg.scheduler` names and whether it steps each optimizer 'step' or "
      "each 'epoch'.")
@@ -119,9 +147,7 @@ def build_scheduler(cfg:Config, optimizer, steps_per_epoch:int):
         mode = 'min' if cfg.training.monitor == 'val_loss' else 'max'
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr), 'epoch'
-    total = steps_per_epoch * cfg.training.num_epochs
-    f = LRSchedule(s.type, total, s.warmup_epochs * steps_per_epoch, steps_per_epoch,
-                   s.step_size, s.gamma, s.min_lr / cfg.optimizer.lr)
+    f = lr_schedule(cfg, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [f] * len(optimizer.param_groups)), 'step'
 
 # %% ../nbs/09_trainer.ipynb #067a3a97
@@ -220,7 +246,11 @@ class ModelEMA:
     def load_state_dict(self, d:dict):
         self.module.load_state_dict(d['model']); self.updates = d['updates']
 
-# %% ../nbs/09_trainer.ipynb #38b41813
+# %% ../nbs/09_trainer.ipynb #328f41bc
+RESUME_REFUSED = ('model.type', 'model.architecture', 'model.custom_architecture',
+                  'model.dropout', 'data.image_size', 'data.fold', 'training.trainer_type',
+                  'optimizer.type', 'scheduler.type')  # a resume cannot change these
+
 _RESUME_FREE = ('data.num_workers', 'training.device', 'data.pin_memory', 'data.cache',
                 'data.cache_max_gb', 'output.runs_dir', 'search', 'training.limit_val_batches',
                 'evaluation')
@@ -235,7 +265,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #030a2bd1
+# %% ../nbs/09_trainer.ipynb #99a555d8
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -255,6 +285,7 @@ class BaseTrainer:
         self.epoch, self.step_in_epoch, self.global_step, self.bad_steps = 0, 0, 0, 0
         self.history, self.partial, self.summary, self._signal, self._ready = (
             [], None, None, None, False)
+        self._notes = []  # said once the run's log file is open
 
     def select_device(self) -> torch.device: return get_device(self.cfg.training.device)
     # -- hooks that subclasses change --------------------------------------------------------------
@@ -290,12 +321,14 @@ class BaseTrainer:
             if cfg.training.time_budget_min:  # the budget re-planned the epochs after the first
                 cfg.training['num_epochs'] = ck['config']['training']['num_epochs']
             changed = config_changes(ck['config'], cfg.to_dict())
-            if changed and not self.force_resume:
-                old, new = _flatten(ck['config']), _flatten(cfg.to_dict())
-                what = '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed[:4])
+            old, new = _flatten(ck['config']), _flatten(cfg.to_dict())
+            what = lambda keys: '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys)
+            fatal = [k for k in changed if k in RESUME_REFUSED]
+            if fatal and not self.force_resume:
                 raise ConfigError(f'{self.resume_from}: the config differs from the run being '
-                                  f'resumed ({what}); '
-                                  'resume with the same config, or pass --force_resume')
+                                  f'resumed in what its checkpoint cannot follow ({what(fatal)}); '
+                                  'start a new run, or pass --force_resume to try anyway')
+            self.resume_changes = what(changed)
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = self.select_device()
         self.datasets = get_datasets(cfg)
@@ -342,6 +375,7 @@ class BaseTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir/'weights').mkdir(exist_ok=True)
             setup_logging(self.run_dir/'logs'/'train.log', console=True)
+            for note in self._notes: logger.info(note)  # what the resume did, in the run's log
             saved = Config(cfg.to_dict()); saved.training['device'] = str(self.device)
             if ck is None:
                 save_config(saved, self.run_dir/'config.yaml')
@@ -365,8 +399,40 @@ class BaseTrainer:
         if self.ema is not None and ck.get('ema'): self.ema.load_state_dict(ck['ema'])
         self.best_weights = ck.get('best_weights', 'model')
         self.load_extra_state(ck)
-        logger.info(f'resuming from {self.resume_from}: epoch {self.epoch + 1}, '
-                    f'step {self.step_in_epoch}')
+        self._apply_changes(ck)
+        self._notes.append(f'resuming from {self.resume_from}: epoch {self.epoch + 1}, '
+                           f'step {self.step_in_epoch}')
+
+    def _apply_changes(self, ck:dict):
+        ("After a resume: apply what the config changes (optimizer settings, early-stopping "
+         "patience, a re-planned schedule for other epochs or batch size) and log it.")
+        if not getattr(self, 'resume_changes', ''): return
+        cfg, o = self.cfg, self.cfg.optimizer
+        self._notes.append(f'resuming with changed settings: {self.resume_changes}')
+        for i, g in enumerate(self.optimizer.param_groups):
+            if i == 0 and 'weight_decay' in g: g['weight_decay'] = o.weight_decay
+            if 'betas' in g: g['betas'] = tuple(o.betas)
+            if 'momentum' in g: g['momentum'], g['nesterov'] = o.momentum, o.nesterov
+            g['initial_lr'] = o.lr
+        self.early.patience = cfg.training.early_stopping_patience
+        old_bs = ck['config']['training']['batch_size']
+        if old_bs != cfg.training.batch_size and self.step_in_epoch:
+            self._notes.append(f'batch size {old_bs} -> {cfg.training.batch_size} in the middle '
+                               f'of epoch {self.epoch + 1}: that epoch starts again')
+            self.step_in_epoch, self.partial = 0, None
+        if hasattr(self.scheduler, 'base_lrs'):
+            self.scheduler.base_lrs = [o.lr] * len(self.scheduler.base_lrs)
+            self._replan_schedule()
+
+    def _replan_schedule(self):
+        "Re-plan a per-step schedule for the config's epochs and steps, continuing without a jump."
+        if not hasattr(self.scheduler, 'lr_lambdas'): return  # plateau: nothing planned ahead
+        fresh, step = lr_schedule(self.cfg, self.steps_per_epoch), self.scheduler.last_epoch
+        for f in {id(f): f for f in getattr(self.scheduler, 'lr_lambdas', [])}.values():
+            if isinstance(f, LRSchedule) and f.plan() != fresh.plan(): f.replan(fresh, step)
+        for g, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                              self.scheduler.lr_lambdas):
+            g['lr'] = base * f(step)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self, metrics:dict|None=None, # validation metrics of these weights
@@ -623,8 +689,7 @@ class BaseTrainer:
                     f'so {epochs} epochs instead of {t.num_epochs} (the schedule is planned for '
                     f'{epochs})')
         t['num_epochs'] = epochs
-        for f in getattr(self.scheduler, 'lr_lambdas', []):
-            if isinstance(f, LRSchedule): f.total = max(1, self.steps_per_epoch * epochs)
+        self._replan_schedule()
 
     def _check_learning(self, row):
         "After 40% of the epochs (at least 2 of 4 or more), warn once if still near chance."

@@ -126,7 +126,8 @@ def test_init_config_optuna_section_works_unchanged(tmp_path, tiny_split, monkey
     monkeypatch.chdir(tmp_path)
     study = load_search_study('tiny_search')      # found in runs/optuna_studies/*.db by name
     assert len(study.trials) == 2 and 'COMPLETE' in states(study)
-    assert set(study.best_params) == {'optimizer.lr', 'training.batch_size', 'optimizer.momentum'}
+    assert set(study.best_params) == {'optimizer.lr', 'training.batch_size',   # AdamW's space
+                                      'optimizer.weight_decay', 'loss.label_smoothing'}
     assert len(load_search_study(cfg).trials) == 2
 
 

@@ -138,11 +138,12 @@ def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split, lost_by
     first_stop = ck['epoch'] + ck['step_in_epoch'] / 100
     assert ck['epoch'] >= 2 and len(ck['history']) == ck['epoch']
 
-    # a resume with a config that changed in a way that matters is refused, and changes nothing
+    # a resume into what the checkpoint cannot follow is refused, lists the key, changes nothing
     before = lost_bytes.watch(rd / 'weights')
-    assert_clean_error(run(['ml-train', '--config', cfg, '--resume', last, '--lr', '0.5'],
-                           tmp_path),
-                       'the config differs from the run being resumed', 'optimizer.lr: 0.05 -> 0.5')
+    assert_clean_error(run(['ml-train', '--config', cfg, '--resume', last,
+                            '--set', 'model.custom_architecture=tiny_net'], tmp_path),
+                       'the config differs from the run being resumed', 'cannot follow',
+                       "model.custom_architecture: 'simple_cnn' -> 'tiny_net'")
     assert tree_hash(rd / 'weights') == before
     assert lost_bytes.check() == 0
 
@@ -156,13 +157,35 @@ def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split, lost_by
     assert [h['epoch'] for h in ck2['history']] == list(range(1, ck2['epoch'] + 1))
     assert not (tmp_path / 'runs' / 'tiny_fold_0_2').exists()
 
-    # finish it: fewer epochs is a change that matters, so it needs --force_resume
+    # finish it with fewer epochs than planned: the run's own config, no --config needed
     target = ck2['epoch'] + 1
-    res = run(['ml-train', '--config', cfg, '--resume', last, '--num_epochs', target,
-               '--force_resume'], tmp_path)
+    res = run(['ml-train', '--resume', last, '--num_epochs', target], tmp_path)
     assert_ok(res)
     s = json.loads((rd / 'summary.json').read_text())
     assert s['epochs_run'] == target and len(s['history']) == target
+    assert f'training.num_epochs: 500 -> {target}' in log.read_text()
+
+
+def test_resume_extends_a_finished_run_with_its_own_settings(tmp_path, tiny_split):
+    """The run was started with flags; the resume names only what changes (more epochs, another
+    learning rate), with or without --config: the run's own settings are kept, the rest applied."""
+    cfg = write_config(tmp_path, training__num_epochs=2)
+    assert_ok(run(['ml-train', '--config', cfg, '--batch_size', '8', '--lr', '0.02'], tmp_path))
+    rd = tmp_path / 'runs' / 'tiny_batch_8_lr_0.02_fold_0'
+    last, log = rd / 'weights' / 'last.pt', rd / 'logs' / 'train.log'
+    res = run(['ml-train', '--config', cfg, '--resume', last, '--num_epochs', '3'], tmp_path)
+    assert_ok(res)
+    assert "continuing with the run's own config" in res.stderr
+    s = json.loads((rd / 'summary.json').read_text())
+    assert [h['epoch'] for h in s['history']] == [1, 2, 3] and s['epochs_run'] == 3
+    assert 'resuming with changed settings: training.num_epochs: 2 -> 3' in log.read_text()
+    assert load_checkpoint(last)['config']['training']['batch_size'] == 8   # kept, not the file's
+    res = run(['ml-train', '--resume', last, '--num_epochs', '4', '--lr', '0.01'], tmp_path)
+    assert_ok(res)
+    assert ('resuming with changed settings: optimizer.lr: 0.02 -> 0.01; training.num_epochs: '
+            '3 -> 4') in log.read_text()
+    assert sorted(p.name for p in (tmp_path / 'runs').iterdir()) == [rd.name]
+    assert_clean_error(run(['ml-train'], tmp_path), '--config is required')
 
 
 @pytest.mark.fault
