@@ -12,7 +12,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['cli_parser', 'parse_cli', 'run_cli', 'cli_help', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
-           'ml_init_config', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_search']
+           'ml_init_config', 'prepare_data', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_search']
 
 # %% ../nbs/90_cli.ipynb #f1a1bd0c
 def _names(k:str) -> list[str]:
@@ -168,8 +168,38 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
 def ml_init_config(argv=None):
     return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #9093b3c0
+# %% ../nbs/90_cli.ipynb #b9dca100
+def prepare_data(data:str, # data/NAME (holding raw/), a NAME under data/, or digits
+                ) -> str:
+    "Find or make the dataset, its splits and its config, printing each step; the config's path."
+    from imgcls.core import DataError
+    given = Path(data)
+    places = [given] + ([Path('data')/given] if len(given.parts) == 1 else [])
+    ds = next((p for p in places if (p/'raw').is_dir()),
+              next((p for p in places if p.is_dir()), places[-1]))
+    if not (ds/'raw').is_dir():
+        if ds.name == 'digits' and not ds.exists():
+            print(f'{ds}: no such dataset; writing the built-in sample there')
+            sample_data(str(ds))
+        elif ds.is_dir() and any(p.is_dir() for p in ds.iterdir()):
+            raise DataError(f'{ds} has no raw/ folder: put the class folders in {ds}/raw/ '
+                            '(imgcls writes splits/ beside it), e.g. '
+                            f'{ds}/raw/<class>/<image>')
+        else:
+            raise DataError(f'{data}: no dataset there: expected {ds}/raw/<class>/<image> '
+                            '(a folder, a name under data/, or digits for the built-in sample)')
+    if not (ds/'splits'/'test.txt').is_file():
+        print(f'no splits in {ds}/splits: making them (ml-split --raw_data {ds}/raw)')
+        split(str(ds/'raw'))
+    cfg = Path('configs')/f'{ds.name}_config.yaml'
+    if cfg.is_file(): print(f'using {cfg} (written before; delete it to have it written again)')
+    else:
+        print(f'no {cfg}: writing it (ml-init-config {ds})')
+        init_config(str(ds))
+    return str(cfg)
+
 def train(config:str=None, # the YAML config, configs/NAME_config.yaml (not with --resume)
+          data:str=None, # instead of --config: data/NAME (or digits): splits, config, then training
           batch_size:int=None, # training.batch_size (per device under accelerate)
           lr:float=None, # optimizer.lr
           num_epochs:int=None, # training.num_epochs
@@ -185,6 +215,11 @@ def train(config:str=None, # the YAML config, configs/NAME_config.yaml (not with
     from imgcls.config import cli_overrides, load_config
     from imgcls.core import ConfigError
     from imgcls.trainer import train as _train
+    if data is not None:
+        if config or resume:
+            raise ConfigError('--data makes or finds the config itself: give --data, --config or '
+                              '--resume, not two of them')
+        config = prepare_data(data)
     cv = fold == 'all'
     if fold is not None and not cv:
         try: fold = int(fold)

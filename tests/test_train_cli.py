@@ -3,6 +3,7 @@ configs refused before any work, SIGINT/SIGTERM leaving a resumable `last.pt`, a
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -202,3 +203,44 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_split):
         assert s['run_dir'].endswith(n)
         log = (tmp_path / 'runs' / n / 'logs' / 'train.log').read_text()
         assert log.count('epoch 1/1') == 1
+
+
+def test_data_flag_prepares_splits_and_config_as_the_steps_would(tmp_path, tiny):
+    """`ml-train --data data/NAME` on a folder with only raw/: the splits and the config it
+    leaves are those `ml-split` and `ml-init-config` write, and it trains with them."""
+    res = run(['ml-train', '--data', 'data/tiny', '--num_epochs', '1'], tmp_path)
+    assert_ok(res)
+    for said in ('no splits in data/tiny/splits: making them', 'no configs/tiny_config.yaml',
+                 'run folder: runs/tiny_epochs_1_fold_0'):
+        assert said in res.stdout, res.stdout
+    assert json.loads((tmp_path / 'runs' / 'tiny_epochs_1_fold_0' / 'summary.json')
+                      .read_text())['test']['n'] > 0
+    # the step-by-step path, in a second folder with the same images
+    other = tmp_path / 'steps'
+    shutil.copytree(tiny, other / 'data' / 'tiny', ignore=shutil.ignore_patterns('splits'))
+    assert_ok(run(['ml-split', '--raw_data', 'data/tiny/raw'], other))
+    assert_ok(run(['ml-init-config', 'data/tiny'], other))
+    for f in sorted((other / 'data' / 'tiny' / 'splits').glob('*.txt')):
+        assert f.read_text() == (tiny / 'splits' / f.name).read_text(), f.name
+    values = [yaml.safe_load(Path(d, 'configs', 'tiny_config.yaml').read_text())
+              for d in (tmp_path, other)]
+    assert values[0] == values[1]
+    # a second time: both are found and used as they are
+    res = run(['ml-train', '--data', 'tiny', '--num_epochs', '1'], tmp_path)
+    assert_ok(res)
+    assert 'using configs/tiny_config.yaml' in res.stdout and 'no splits' not in res.stdout
+    assert_clean_error(run(['ml-train', '--data', 'data/tiny', '--config', 'x.yaml'], tmp_path),
+                       'give --data, --config or --resume, not two of them')
+    (tmp_path / 'loose' / 'cat').mkdir(parents=True)
+    assert_clean_error(run(['ml-train', '--data', 'loose'], tmp_path), 'has no raw/ folder')
+    assert_clean_error(run(['ml-train', '--data', 'nowhere'], tmp_path), 'no dataset there')
+
+
+def test_data_digits_writes_the_sample_first(tmp_path):
+    res = run(['ml-train', '--data', 'digits', '--num_epochs', '1'], tmp_path)
+    assert_ok(res)
+    assert 'data/digits: no such dataset; writing the built-in sample there' in res.stdout
+    assert len(list((tmp_path / 'data' / 'digits' / 'raw').rglob('*.png'))) == 1797
+    assert (tmp_path / 'configs' / 'digits_config.yaml').is_file()
+    s = json.loads((tmp_path / 'runs' / 'digits_epochs_1_fold_0' / 'summary.json').read_text())
+    assert s['test']['n'] == 360 and s['epochs_run'] == 1
