@@ -115,7 +115,7 @@ class TTA(torch.nn.Module):
         p = sum(self.model(v(x)).float().softmax(1) for v in self.views) / len(self.views)
         return p.clamp_min(1e-12).log()
 
-# %% ../nbs/08_evaluation.ipynb #9faadd7d
+# %% ../nbs/08_evaluation.ipynb #d92a0528
 def calibration_bins(probs, labels, n_bins:int=15) -> dict:
     "Per-bin mean confidence, accuracy and count of the top-1 predictions (equal-width bins)."
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -141,11 +141,22 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 
 def fit_temperature(logits, labels, max_iter:int=100) -> float:
     ("The temperature T minimising the cross-entropy of `logits / T` (LBFGS on log T), within "
-     "`TEMPERATURE_RANGE`; 1.0 when every prediction is right (then no T is best: smaller always "
-     "looks better).")
+     "`TEMPERATURE_RANGE`. When every prediction is right no T is best (smaller always looks "
+     "better): then T makes the mean top probability (n+1)/(n+2), the rule of succession's "
+     "estimate of the accuracy after n right of n.")
     logits = torch.as_tensor(logits).detach().clone().double()  # not an inference-mode tensor
     labels = torch.as_tensor(labels).detach().clone().long()
-    if len(labels) == 0 or bool((logits.argmax(1) == labels).all()): return 1.0
+    if len(labels) == 0: return 1.0
+    lo, hi = TEMPERATURE_RANGE
+    if bool((logits.argmax(1) == labels).all()):
+        n = len(labels)
+        target = (n + 1) / (n + 2)
+        conf = lambda t: float((logits / t).softmax(1).max(1).values.mean())
+        a, b = math.log(lo), math.log(hi)   # conf falls as T grows: bisect on log T
+        for _ in range(60):
+            m = (a + b) / 2
+            a, b = (m, b) if conf(math.exp(m)) > target else (a, m)
+        return math.exp((a + b) / 2)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn='strong_wolfe')
     def closure():
@@ -155,7 +166,6 @@ def fit_temperature(logits, labels, max_iter:int=100) -> float:
         return loss
     opt.step(closure)
     t = float(log_t.detach().exp())
-    lo, hi = TEMPERATURE_RANGE
     return min(max(t, lo), hi) if math.isfinite(t) and t > 0 else 1.0
 
 def plot_reliability(probs, labels, n_bins:int=15, title:str|None=None, label:str='model', ax=None):

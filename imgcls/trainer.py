@@ -265,7 +265,7 @@ def config_changes(old:dict, new:dict) -> list[str]:
 
 class _Stop(Exception): pass
 
-# %% ../nbs/09_trainer.ipynb #99a555d8
+# %% ../nbs/09_trainer.ipynb #a4710842
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -758,8 +758,10 @@ class BaseTrainer:
                 write_report(self.run_dir, split, m, self.classes, labels.numpy(),
                              logits.argmax(1).numpy(), self.writer, self.epoch, probs=cal)
         vl, vy = out['val']
-        how = ('not fitted: every validation image is right' if t == 1.0 and len(vy)
-               and bool((vl.argmax(1) == vy).all()) else 'fitted on val')
+        n = len(vy)
+        how = (f'every validation image is right: mean confidence set to (n+1)/(n+2) = '
+               f'{(n + 1) / (n + 2):.4f}' if n and bool((vl.argmax(1) == vy).all())
+               else 'fitted on val')
         logger.info(f"calibration: temperature {t:.3g} ({how}); test ECE "
                     f"{calibration['test_ece_before']:.4f} -> {calibration['test_ece_after']:.4f}")
         if self.is_main and best_path is not None and best_path.exists():
