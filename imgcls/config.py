@@ -103,7 +103,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #f3e89baa
+# %% ../nbs/01_config.ipynb #13d1a405
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -144,6 +144,9 @@ _RULES = {
     'training.limit_train_batches': dict(type=int, min=1, null=True),
     'training.limit_val_batches': dict(type=int, min=1, null=True),
     'training.ema_decay': dict(type=float, gt=0, max=1, max_open=True, null=True),
+    'training.freeze_epochs': dict(type=int, min=0),
+    'training.mode': dict(choices=['full', 'linear_probe']),
+    'optimizer.backbone_lr_mult': dict(gt=0),
     'training.time_budget_min': dict(type=float, gt=0, null=True),
     'augmentation.mixup': dict(min=0), 'augmentation.cutmix': dict(min=0),
     'augmentation.mix_off_epoch': dict(type=int, min=1, null=True),

@@ -16,7 +16,7 @@ from .core import CheckpointError, ConfigError, logger
 
 # %% auto #0
 __all__ = ['register_model', 'list_models', 'simple_cnn', 'BasicBlock', 'small_resnet', 'tiny_net', 'dp_cnn', 'replace_head',
-           'cached_weights_path', 'get_model', 'dp_compatible', 'model_from_checkpoint']
+           'cached_weights_path', 'get_model', 'head_names', 'dp_compatible', 'model_from_checkpoint']
 
 # %% ../nbs/07_models.ipynb #90773a09
 _CUSTOM = {}
@@ -189,6 +189,16 @@ def get_model(cfg:Config, # the configuration (its model: section is used)
             _load_pretrained(model, path, arch)
         model = replace_head(model, num_classes, m.dropout)
     return model.to(device) if device is not None else model
+
+# %% ../nbs/07_models.ipynb #2778fe3c
+def head_names(model:nn.Module, num_classes:int) -> list[str]:
+    "Names of the parameters of `model`'s classifier: the last layer with `num_classes` outputs."
+    name = None
+    for n, m in model.named_modules():
+        if ((isinstance(m, nn.Linear) and m.out_features == num_classes)
+                or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)): name = n
+    if name is None: raise ConfigError(f'cannot find the classifier of {type(model).__name__}')
+    return [f'{name}.{p}' for p, _ in model.get_submodule(name).named_parameters()]
 
 # %% ../nbs/07_models.ipynb #c7ad240b
 def dp_compatible(model:nn.Module) -> tuple[nn.Module, list[str]]:
