@@ -103,7 +103,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #13d1a405
+# %% ../nbs/01_config.ipynb #e0cc12c0
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 _RULES = {
@@ -121,7 +121,8 @@ _RULES = {
     'augmentation.pad_crop': dict(type=int, min=0),
     'augmentation.policy': dict(choices=['none', 'trivial', 'randaugment', 'autoaugment']),
     'augmentation.mean': dict(len=3), 'augmentation.std': dict(len=3),
-    'model.type': dict(choices=['base', 'custom']), 'model.weights_path': dict(type=str, null=True),
+    'model.type': dict(choices=['base', 'custom', 'timm']),
+    'model.weights_path': dict(type=str, null=True),
     'model.dropout': dict(min=0, max=1, max_open=True),
     'optimizer.type': dict(choices=['sgd', 'adam', 'adamw']), 'optimizer.lr': dict(gt=0),
     'optimizer.momentum': dict(min=0, max=1), 'optimizer.weight_decay': dict(min=0),

@@ -18,7 +18,7 @@ from .core import CheckpointError, ConfigError, logger
 __all__ = ['register_model', 'list_models', 'simple_cnn', 'BasicBlock', 'small_resnet', 'tiny_net', 'dp_cnn', 'replace_head',
            'cached_weights_path', 'get_model', 'head_names', 'dp_compatible', 'model_from_checkpoint']
 
-# %% ../nbs/07_models.ipynb #90773a09
+# %% ../nbs/07_models.ipynb #d93e3f62
 _CUSTOM = {}
 
 def register_model(name:str|None=None):
@@ -29,9 +29,16 @@ def register_model(name:str|None=None):
         return f
     return _reg
 
+def _timm():
+    try: import timm
+    except ModuleNotFoundError:
+        raise ConfigError("model.type 'timm' needs timm: pip install 'imgcls[timm]'") from None
+    return timm
+
 def list_models(kind:str='all') -> list[str]:
     ("Names `get_model` accepts: 'custom' (registered), 'base' (torchvision classification), "
-     "or 'all'.")
+     "'timm' (every timm architecture; needs timm), or 'all' (custom and base).")
+    if kind == 'timm': return _timm().list_models()
     custom = sorted(_CUSTOM)
     base = torchvision.models.list_models(module=torchvision.models)
     return custom if kind == 'custom' else base if kind == 'base' else custom + base
@@ -157,7 +164,7 @@ def _load_pretrained(model:nn.Module, path, arch:str):
     logger.info(f'loaded pretrained weights for {arch} from {path}'
                 + (f' (head skipped: {skipped})' if skipped else ''))
 
-# %% ../nbs/07_models.ipynb #067e6009
+# %% ../nbs/07_models.ipynb #ad9c9626
 _NO_AUX = ('googlenet', 'inception_v3')
 
 def get_model(cfg:Config, # the configuration (its model: section is used)
@@ -174,6 +181,17 @@ def get_model(cfg:Config, # the configuration (its model: section is used)
               if 'image_size' in inspect.signature(factory).parameters else {})
         model = factory(num_classes=num_classes, dropout=m.dropout, **kw)
         if m.pretrained and m.weights_path: _load_pretrained(model, m.weights_path, name)
+    elif m.type == 'timm':
+        arch, names = m.architecture, list_models('timm')
+        if arch not in names: raise _unknown(arch, names, 'model.architecture (timm)')
+        model = _timm().create_model(arch, pretrained=False, num_classes=num_classes,
+                                     drop_rate=m.dropout)
+        if m.pretrained:
+            if not m.weights_path or not Path(m.weights_path).is_file():
+                raise CheckpointError(
+                    f'pretrained weights for timm {arch}: model.weights_path must be a local file '
+                    f'of its weights (got {m.weights_path}); imgcls never downloads')
+            _load_pretrained(model, m.weights_path, arch)
     else:
         arch = m.architecture
         if arch not in list_models('base'):

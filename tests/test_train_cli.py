@@ -244,3 +244,21 @@ def test_data_digits_writes_the_sample_first(tmp_path):
     assert (tmp_path / 'configs' / 'digits_config.yaml').is_file()
     s = json.loads((tmp_path / 'runs' / 'digits_epochs_1_fold_0' / 'summary.json').read_text())
     assert s['test']['n'] == 360 and s['epochs_run'] == 1
+
+
+def test_a_timm_model_trains_exports_and_predicts_the_same(tmp_path, tiny_split):
+    "`model.type: timm` by name: trains, resumes, exports to ONNX with parity on the test images."
+    cfg = write_config(tmp_path, model__type='timm', model__architecture='resnet10t',
+                       training__num_epochs=1)
+    assert_ok(run(['ml-train', '--config', cfg], tmp_path))
+    best = tmp_path / 'runs' / 'tiny_fold_0' / 'weights' / 'best.pt'
+    assert load_checkpoint(best)['config']['model']['type'] == 'timm'
+    res = run(['ml-export', '--checkpoint', best, '--comprehensive-validate'], tmp_path)
+    assert_ok(res)
+    rep = json.loads((best.parent / 'validation_report.json').read_text())
+    c = rep['comprehensive_validate']
+    assert rep['passed'] and c['model']['top1_agreement'] == 1.0, c
+    assert c['accuracy']['pytorch'] == c['accuracy']['onnx']
+    assert_clean_error(run(['ml-train', '--config', cfg, '--set', 'model.architecture=resnet10'],
+                           tmp_path), "unknown model.architecture (timm) 'resnet10'",
+                       'did you mean')
