@@ -4,7 +4,7 @@ __version__ = "0.0.1"
 # `imgcls.NAME` import the modules on first use and give their public API (each module's __all__).
 _MODULES = ['core', 'config', 'images', 'splits', 'autoconfig', 'data', 'checkpoint', 'models',
             'evaluation', 'trainer', 'distributed', 'privacy', 'crossval', 'lr_finder', 'inference',
-            'export', 'search', 'visualise']
+            'export', 'search', 'visualise', 'analysis']
 
 
 def _public() -> dict:

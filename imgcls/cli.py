@@ -12,7 +12,8 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['cli_parser', 'parse_cli', 'run_cli', 'cli_help', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config',
-           'ml_init_config', 'prepare_data', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_search']
+           'ml_init_config', 'prepare_data', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_analyze',
+           'ml_search']
 
 # %% ../nbs/90_cli.ipynb #f1a1bd0c
 def _names(k:str) -> list[str]:
@@ -349,6 +350,32 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
 
 # %% ../nbs/90_cli.ipynb #b83eb0b4
 def ml_inference(argv=None): return run_cli(inference, 'ml-inference', argv)
+
+# %% ../nbs/90_cli.ipynb #e03ed507
+def analyze(run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validation folder
+            split:str='test', # the split to analyse: test or val
+            top:int=16, # images in each grid (top losses, heatmaps, label issues)
+            max_images:int=None, # score at most this many images of the split
+            data_dir:str=None, # the dataset folder, if it moved since training
+            device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
+           ):
+    ("Write RUN/analysis/report.html and analysis.json: per-class scores, confusions, top "
+     "losses, Grad-CAM heatmaps, and label issues for a cross-validation folder.")
+    from imgcls.analysis import analyze as _analyze
+    from imgcls.core import setup_logging
+    setup_logging()
+    r = _analyze(run, split, top, max_images, data_dir, device)
+    m, worst = r['metrics'], r['top_losses'][:1]
+    print(f"{split}: {r['n']} images, accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}; "
+          f"{len(r['most_confused'])} confused class pair(s)"
+          + (f"; top loss {worst[0]['path']} ({worst[0]['true']} taken for "
+             f"{worst[0]['predicted']})" if worst else ''))
+    if r['label_issues'] is not None:
+        print(f"{len(r['label_issues'])} label issue candidate(s) from the out-of-fold predictions")
+    print(f"wrote {r['report']} and analysis.json beside it")
+
+# %% ../nbs/90_cli.ipynb #69624fbc
+def ml_analyze(argv=None): return run_cli(analyze, 'ml-analyze', argv, pos=('run',))
 
 # %% ../nbs/90_cli.ipynb #4aeeb0e0
 def search(config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
