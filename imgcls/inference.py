@@ -24,7 +24,7 @@ from .trainer import progress_bar
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'run_folder', 'load_model', 'find_images', 'check_min_confidence', 'Predictor', 'predictions_csv',
-           'predictions_json', 'coverage_accuracy', 'evaluate_checkpoint', 'ml_inference']
+           'predictions_json', 'coverage_accuracy', 'split_dataset', 'evaluate_checkpoint', 'ml_inference']
 
 # %% ../nbs/11_inference.ipynb #2afcac70
 def run_folder(checkpoint) -> Path:
@@ -261,7 +261,7 @@ def predictions_json(preds:list[dict], **info) -> str:
     "JSON text of `Predictor.predict` results, with `info` (checkpoint, classes, ...) beside them."
     return json.dumps({**info, 'predictions': preds}, indent=1) + '\n'
 
-# %% ../nbs/11_inference.ipynb #2b05ea96
+# %% ../nbs/11_inference.ipynb #d55d3c0a
 def _find_data_dir(cfg:Config, run_dir:Path, data_dir=None) -> Path:
     "The run's dataset folder: `data_dir`, else the config's path, here or above the run folder."
     if data_dir is not None:
@@ -310,6 +310,26 @@ def coverage_accuracy(probs:torch.Tensor, # (N, classes) calibrated probabilitie
     return {'min_confidence': float(min_confidence), 'answered': k, 'unknown': n - k,
             'coverage': k / n if n else 0.0, 'acc': acc}
 
+def split_dataset(pred:Predictor, # the predictor of the run (its config, classes, fingerprint)
+                  run_dir, # the run (or cross-validation) folder: the dataset is looked for above
+                  split:str='test', # test or val
+                  data_dir=None, # the dataset folder, if it moved since training
+                  num_workers:int=0, # DataLoader worker processes
+                 ):
+    ("The `split` of the dataset `pred` was trained on, preprocessed as validation; refused if its "
+     "classes differ, with a warning if its splits or images changed since.")
+    cfg = Config(pred.cfg.to_dict())
+    cfg.data['data_dir'] = str(_find_data_dir(cfg, Path(run_dir), data_dir))
+    cfg.data['num_workers'] = num_workers
+    ds = get_datasets(cfg, splits=(split,), preload=False)[split]
+    if ds.classes != pred.classes:
+        raise DataError(f"{cfg.data.data_dir}: its classes ({', '.join(ds.classes)}) are not the "
+                        f"checkpoint's ({', '.join(pred.classes)})")
+    if pred.fingerprint and pred.fingerprint != getattr(ds, 'fingerprint', None):
+        logger.warning(f'{cfg.data.data_dir}: the splits or images changed since this run trained; '
+                       f'evaluating the {split} split as it is now')
+    return ds
+
 def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a CV folder
                         split:str='test', # test or val
                         tta:bool|None=None, # average over `tta_views` (None: evaluation.tta)
@@ -332,16 +352,7 @@ def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a C
     pred = Predictor.from_checkpoint(path, device, tta, batch_size)
     check_min_confidence(min_confidence, pred.classes)
     run_dir = _eval_dir(path)
-    cfg = Config(pred.cfg.to_dict())
-    cfg.data['data_dir'] = str(_find_data_dir(cfg, run_dir, data_dir))
-    cfg.data['num_workers'] = num_workers
-    ds = get_datasets(cfg, splits=(split,), preload=False)[split]
-    if ds.classes != pred.classes:
-        raise DataError(f"{cfg.data.data_dir}: its classes ({', '.join(ds.classes)}) are not the "
-                        f"checkpoint's ({', '.join(pred.classes)})")
-    if pred.fingerprint and pred.fingerprint != getattr(ds, 'fingerprint', None):
-        logger.warning(f'{cfg.data.data_dir}: the splits or images changed since this run trained; '
-                       f'evaluating the {split} split as it is now')
+    ds = split_dataset(pred, run_dir, split, data_dir, num_workers)
     dl = DataLoader(ds, batch_size=max(1, batch_size), shuffle=False, num_workers=num_workers)
     raw, probs, labels = [], [], []
     for x, y in progress_bar(dl, total=len(dl), desc=f'evaluating {split}', enabled=progress):

@@ -99,7 +99,7 @@ def build_optimizer(cfg:Config, model:nn.Module,
     cls = torch.optim.Adam if o.type == 'adam' else torch.optim.AdamW
     return cls(groups, lr=o.lr, betas=tuple(o.betas))
 
-# %% ../nbs/09_trainer.ipynb #52f28b9f
+# %% ../nbs/09_trainer.ipynb #15296de5
 class LRSchedule:
     ("Multiplier of the base learning rate at each optimizer step (a picklable callable for "
      "`LambdaLR`).")
@@ -123,7 +123,7 @@ class LRSchedule:
         self.join = (step, m0, max(1, round(0.3 * (self.total - step))))
 
     def __call__(self, step:int) -> float:
-        j = getattr(self, 'join', None)
+        j = self.join
         if j is not None and j[0] <= step < j[0] + j[2]:
             frac = (step - j[0]) / j[2]
             return j[1] * (1 - frac) + self._planned(step) * frac
@@ -284,7 +284,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #efcf4d93
+# %% ../nbs/09_trainer.ipynb #abcea7bc
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -305,6 +305,8 @@ class BaseTrainer:
         self.history, self.partial, self.summary, self._signal, self._ready = (
             [], None, None, None, False)
         self._notes = []  # said once the run's log file is open
+        self.ema, self.mixer, self.best_weights, self.resume_changes, self._frozen = (
+            None, None, 'model', '', False)
 
     def select_device(self) -> torch.device: return get_device(self.cfg.training.device)
     # -- hooks that subclasses change --------------------------------------------------------------
@@ -398,7 +400,6 @@ class BaseTrainer:
         self.mixer = make_mixer(cfg, len(self.classes))
         self.ema = (ModelEMA(self.unwrapped_model, cfg.training.ema_decay)
                     if cfg.training.ema_decay else None)
-        self.best_weights = 'model'
         if ck is not None: self._restore(ck)
         if self.run_dir is None:
             self.run_dir = (Path(self.resume_from).resolve().parent.parent if ck is not None
@@ -442,7 +443,7 @@ class BaseTrainer:
     def _apply_changes(self, ck:dict):
         ("After a resume: apply what the config changes (optimizer settings, early-stopping "
          "patience, a re-planned schedule for other epochs or batch size) and log it.")
-        if not getattr(self, 'resume_changes', ''): return
+        if not self.resume_changes: return
         cfg, o = self.cfg, self.cfg.optimizer
         self._notes.append(f'resuming with changed settings: {self.resume_changes}')
         for g in self.optimizer.param_groups:
@@ -465,7 +466,7 @@ class BaseTrainer:
         "Re-plan a per-step schedule for the config's epochs and steps, continuing without a jump."
         if not hasattr(self.scheduler, 'lr_lambdas'): return  # plateau: nothing planned ahead
         fresh, step = lr_schedule(self.cfg, self.steps_per_epoch), self.scheduler.last_epoch
-        for f in {id(f): f for f in getattr(self.scheduler, 'lr_lambdas', [])}.values():
+        for f in {id(f): f for f in self.scheduler.lr_lambdas}.values():
             if isinstance(f, LRSchedule) and f.plan() != fresh.plan(): f.replan(fresh, step)
         for g, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
                               self.scheduler.lr_lambdas):
@@ -477,8 +478,8 @@ class BaseTrainer:
              ) -> dict:
         "Everything a checkpoint holds."
         return {'model': self.unwrapped_model.state_dict() if weights is None else weights,
-                'ema': self.ema.state_dict() if getattr(self, 'ema', None) is not None else None,
-                'best_weights': getattr(self, 'best_weights', 'model'),
+                'ema': self.ema.state_dict() if self.ema is not None else None,
+                'best_weights': self.best_weights,
                 'optimizer': self.optimizer.state_dict(),
                 'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
                 'scaler': self.scaler.state_dict() if self.scaler is not None else None,
@@ -570,8 +571,9 @@ class BaseTrainer:
         "One epoch (or the rest of one, after a resume); returns train loss and accuracy."
         model, dl = self.model, self.dls['train']
         model.train()
-        self._freeze_body(self.cfg.training.mode == 'linear_probe'
-                          or self.epoch < self.cfg.training.freeze_epochs)
+        t = self.cfg.training
+        frozen = t.mode == 'linear_probe' or self.epoch < t.freeze_epochs
+        if frozen or self._frozen: self._freeze_body(frozen)
         sampler = getattr(dl, 'sampler', None)
         start = self.step_in_epoch
         dl = self.epoch_loader(start)
@@ -694,8 +696,9 @@ class BaseTrainer:
                                         f'{self.epoch + 1}; lower optimizer.lr '
                                         f'(now {cfg.optimizer.lr}) or set training.max_grad_norm')
                 self.epoch += 1; self.step_in_epoch = 0
-                if best: self.best_weights = 'ema' if weights is not None else 'model'
-                if best: self.save('best.pt', kept, weights)
+                if best:
+                    self.best_weights = 'ema' if weights is not None else 'model'
+                    self.save('best.pt', kept, weights)
                 if self.epoch == 1 and cfg.training.time_budget_min:
                     self._plan_budget(time.time() - t0)
                 self.save('last.pt', val)
@@ -722,15 +725,15 @@ class BaseTrainer:
         ("Train the head only (the body's weights fixed, its BatchNorm layers in eval mode, "
          "so their statistics are kept), or everything.")
         model, head = self.unwrapped_model, set(self.head)
-        if getattr(self, '_frozen', False) != frozen:
+        if self._frozen != frozen:
             t = self.cfg.training
             logger.info('the body is frozen: only the classifier trains' if frozen else
                         f'epoch {self.epoch + 1}: the body is unfrozen (after '
                         f'{t.freeze_epochs} epoch(s) of the head alone); it learns at '
                         f'{self.cfg.optimizer.backbone_lr_mult:g} x the head\'s rate')
+            for n, p in model.named_parameters():
+                if n not in head: p.requires_grad_(not frozen)
             self._frozen = frozen
-        for n, p in model.named_parameters():
-            if n not in head: p.requires_grad_(not frozen)
         if frozen:
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
@@ -791,8 +794,8 @@ class BaseTrainer:
         for split in ('val', 'test'):
             res = self.validate(split) if split == 'test' else self._full_val()
             results[split], out[split] = res[0], res[1:]
-        if self.cfg.evaluation.tta:
-            views = tta_views(self.cfg)
+        views = tta_views(self.cfg) if self.cfg.evaluation.tta else None
+        if views:
             results['test_tta'], tl, ty = self.validate('test', TTA(self.model, views))
             logger.info(f"test accuracy with TTA ({', '.join(views)}): "
                         f"{results['test_tta']['acc']:.4f} (without: {results['test']['acc']:.4f})")
@@ -830,18 +833,13 @@ class BaseTrainer:
                    'monitor': self.cfg.training.monitor,
                    'best_value': self.early.best, 'stopped_early': stopped_early,
                    'best_weights': self.best_weights,
-                   'val': {k: results['val'][k]
-                           for k in ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')},
-                   'test': {k: results['test'][k]
-                            for k in ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')},
-                   **({'test_tta': {**{k: results['test_tta'][k] for k in
-                                       ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')},
-                                    'views': list(tta_views(self.cfg))}}
-                      if 'test_tta' in results else {}),
+                   **{split: {k: m[k] for k in ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')}
+                      for split, m in results.items()},  # val, test (and test_tta)
                    'calibration': calibration,
                    'train_time_s': round(seconds, 2),
                    'train_images_per_s': round(images / seconds, 1) if seconds else None,
                    'classes': self.classes, 'history': self.history}
+        if views: summary['test_tta']['views'] = list(views)
         summary.update(self.extra_summary())
         if self.is_main:
             atomic_write(self.run_dir/'summary.json', json.dumps(summary, indent=1) + '\n')
