@@ -17,7 +17,8 @@ from .images import file_list_hash, load_image, scan_images
 
 # %% auto #0
 __all__ = ['SPLITS', 'MANIFEST', 'NEAR_DUP_DISTANCE', 'NEAR_DUP_SIMILARITY', 'split_files', 'dhash', 'close_pairs',
-           'near_duplicate_pairs', 'SplitResult', 'make_splits', 'read_index', 'check_splits', 'load_split']
+           'near_duplicate_pairs', 'SplitResult', 'make_splits', 'read_index', 'read_manifest', 'check_splits',
+           'load_split']
 
 # %% ../nbs/03_splits.ipynb #975c5c73
 SPLITS = 'splits'
@@ -211,7 +212,7 @@ def _dedupe(scan) -> list:
     for p, k in removed: logger.warning(f'--dedupe: left out {p} (identical to {k})')
     return removed
 
-# %% ../nbs/03_splits.ipynb #54758eab
+# %% ../nbs/03_splits.ipynb #cb643902
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -259,7 +260,7 @@ def make_splits(
         try: group_re = re.compile(group_by)
         except re.error as e:
             raise DataError(f"--group_by '{group_by}' is not a valid regex ({e})") from None
-    old = _read_manifest(out) if out.exists() else None
+    old = read_manifest(out) if out.exists() else None
     if (old is not None and old.get('raw_hash') == raw_hash
             and all(old.get(k) == v for k, v in settings.items())):
         rejected = [(r['path'], r['reason']) for r in old.get('rejected') or []]
@@ -348,7 +349,7 @@ def make_splits(
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return SplitResult(out, manifest, written=True)
 
-# %% ../nbs/03_splits.ipynb #846214e1
+# %% ../nbs/03_splits.ipynb #a02f789d
 def read_index(
     path, # an index file
     data_dir=None, # the dataset folder the lines are relative to (default: path's grandparent)
@@ -380,12 +381,13 @@ def read_index(
         out.append((rel, pp.parts[1]))
     return out
 
-def _read_manifest(splits_dir):
+def read_manifest(splits_dir):
+    "The manifest `ml-split` wrote in `splits_dir` (seed, folds, counts, hashes), or None."
     p = Path(splits_dir)/MANIFEST
     try: return json.loads(p.read_text())
     except (OSError, ValueError): return None
 
-# %% ../nbs/03_splits.ipynb #7213b40d
+# %% ../nbs/03_splits.ipynb #caeec3ae
 def check_splits(data_dir, # data/NAME
                  fold:int|None=None, # the fold about to be used (checked to exist)
                 ) -> dict:
@@ -394,7 +396,7 @@ def check_splits(data_dir, # data/NAME
     sd = data_dir/SPLITS
     how = f'ml-split --raw_data {data_dir/"raw"} --folds K'
     if not sd.is_dir(): raise DataError(f'{sd}: no splits yet; make them with `{how}`')
-    m = _read_manifest(sd)
+    m = read_manifest(sd)
     if m is None:
         raise DataError(f'{sd/MANIFEST}: missing or unreadable; '
                         f're-make the splits with `{how} --force`')

@@ -167,3 +167,62 @@ def tiny_run(tmp_path, _tiny_run_pristine) -> Path:
     d = tmp_path / 'project'
     shutil.copytree(_tiny_run_pristine, d)
     return d
+
+
+# ---------------------------------------------------------------- trained projects, shared
+#
+# One trained project serves every test file that needs "a run on a small dataset" (inference,
+# visualisation, analysis): trained once a session, copied fresh for each test.
+
+MY_CONFIG = 'configs/my_dataset_config.yaml'
+
+
+@pytest.fixture(scope='session')
+def _my_project_pristine(tmp_path_factory) -> Path:
+    """A project: data/my_dataset (10 digits a class, 16x16, 2 folds), its config in
+    configs/ (tiny_net, 2 epochs, flips and random resized crops) and a run in runs/my_run."""
+    import yaml
+    from helpers import assert_ok, run
+    from imgcls.images import make_sample_dataset
+    from imgcls.splits import make_splits
+    root = tmp_path_factory.mktemp('my_project')
+    raw = make_sample_dataset(root / 'data' / 'my_dataset', size=16, n_per_class=10)
+    make_splits(raw, folds=2, seed=0)
+    cfg = {'data': {'data_dir': 'data/my_dataset', 'image_size': 16, 'resize_size': 16,
+                    'num_workers': 0},
+           'augmentation': {'horizontal_flip': 0.5, 'random_resized_crop': True},
+           'model': {'type': 'custom', 'custom_architecture': 'tiny_net'},
+           'optimizer': {'lr': 0.05},
+           'training': {'num_epochs': 2, 'batch_size': 16, 'device': 'cpu'}}
+    (root / 'configs').mkdir()
+    (root / MY_CONFIG).write_text(yaml.safe_dump(cfg))
+    assert_ok(run(['ml-train', '--config', MY_CONFIG], root))
+    [rd] = (root / 'runs').iterdir()                   # runs/my-dataset_fold_0
+    rd.rename(root / 'runs' / 'my_run')
+    return root
+
+
+@pytest.fixture
+def my_project(tmp_path, _my_project_pristine) -> Path:
+    "A fresh copy of the trained project (run commands with cwd=my_project)."
+    d = tmp_path / 'project'
+    shutil.copytree(_my_project_pristine, d)
+    return d
+
+
+@pytest.fixture(scope='session')
+def _my_cv_pristine(tmp_path_factory, _my_project_pristine) -> Path:
+    "The same data and config with `ml-train --fold all` run: a CV folder of 2 fold models."
+    from helpers import assert_ok, run
+    root = tmp_path_factory.mktemp('my_cv')
+    for d in ('data', 'configs'): shutil.copytree(_my_project_pristine / d, root / d)
+    assert_ok(run(['ml-train', '--config', MY_CONFIG, '--fold', 'all'], root))
+    return root
+
+
+@pytest.fixture
+def my_cv_project(tmp_path, _my_cv_pristine) -> Path:
+    "A fresh copy of the cross-validation project."
+    d = tmp_path / 'cv_project'
+    shutil.copytree(_my_cv_pristine, d)
+    return d

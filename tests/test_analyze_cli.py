@@ -5,27 +5,14 @@ from __future__ import annotations
 import json
 import re
 
-import yaml
 from helpers import assert_clean_error, assert_ok, run
 
 
-def _config(tmp_path):
-    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.0},
-           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
-           'optimizer': {'lr': 0.05}, 'training': {'num_epochs': 2, 'batch_size': 16,
-                                                   'device': 'cpu'}}
-    p = tmp_path / 'tiny_config.yaml'
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def test_spec_lines_write_the_report(tmp_path, tiny_split):
-    cfg = _config(tmp_path)
-    assert_ok(run(['ml-train', '--config', cfg], tmp_path))
-    res = run(['ml-analyze', 'runs/tiny_fold_0'], tmp_path)
+def test_spec_lines_write_the_report(my_project, my_cv_project):
+    "The shared trained project and its cross-validation folder (conftest)."
+    res = run(['ml-analyze', 'runs/my_run'], my_project)
     assert_ok(res)
-    out = tmp_path / 'runs' / 'tiny_fold_0' / 'analysis'
+    out = my_project / 'runs' / 'my_run' / 'analysis'
     assert 'test: 20 images, accuracy' in res.stdout and 'wrote' in res.stdout
     page = (out / 'report.html').read_text()
     assert 'id="top-losses"' in page and 'id="heatmaps-top-losses"' in page
@@ -35,9 +22,8 @@ def test_spec_lines_write_the_report(tmp_path, tiny_split):
     losses = [r['loss'] for r in a['top_losses']]
     assert losses == sorted(losses, reverse=True)
     # a cross-validation folder: label issues from its out-of-fold predictions
-    assert_ok(run(['ml-train', '--config', cfg, '--fold', 'all', '--num_epochs', '1'], tmp_path))
-    [cv] = [p for p in (tmp_path / 'runs').iterdir() if p.name.endswith('_cv')]
-    res = run(['ml-analyze', str(cv.relative_to(tmp_path)), '--top', '4'], tmp_path)
+    [cv] = [p for p in (my_cv_project / 'runs').iterdir() if p.name.endswith('_cv')]
+    res = run(['ml-analyze', str(cv.relative_to(my_cv_project)), '--top', '4'], my_cv_project)
     assert_ok(res)
     assert 'label issue candidate(s) from the out-of-fold predictions' in res.stdout
     a = json.loads((cv / 'analysis' / 'analysis.json').read_text())

@@ -75,7 +75,7 @@ def test_training_used_the_odd_mode_images(workflow):
 
 
 def test_odd_mode_images_are_predicted_as_export_predicts_them(workflow):
-    from imgcls.export import OnnxPredictor
+    from imgcls.onnx_runtime import OnnxPredictor
     rows = list(csv.DictReader(io.StringIO(workflow['odd'].stdout)))
     assert [r['path'] for r in rows] == [f'data/bad/{p}' for p in ODD]
     onnx = OnnxPredictor((workflow['cwd'] / workflow['best']).with_suffix('.onnx'))

@@ -314,3 +314,28 @@ def test_docs_build_processes_every_notebook_and_runs_the_help_cells(tmp_path):
         figs = [o for c in _cells(proc / nb) for o in c.get('outputs', [])
                 if 'image/png' in o.get('data', {})]
         assert figs, f'{nb}: no figure in the built page'
+
+
+# --- the slow pass ---
+
+def _readme_test_lines() -> list[str]:
+    "The commands of README's `ci:test` block, one a line (what CI runs as its steps)."
+    text = (ROOT / 'README.md').read_text()
+    block = text.split('<!-- ci:test -->', 1)[1].split('```bash', 1)[1].split('```', 1)[0]
+    return [ln.strip() for ln in block.splitlines() if ln.strip()]
+
+
+def test_the_slow_pass_runs_every_notebook_with_slow_cells_and_no_other():
+    """Cells marked `#| slow` are skipped by the quick pass (`nbdev-test`), so README's second
+    line must name exactly the notebooks that have them, or a slow cell would never run."""
+    lines = _readme_test_lines()
+    assert lines[0] == 'nbdev-test' and lines[-1] == 'pytest', lines
+    [slow] = [ln for ln in lines if '--flags slow' in ln]
+    m = re.search(r"--file-re '([^']+)'", slow)
+    assert m, slow
+    has_slow = {Path(nb).name for nb in _notebooks()
+                if any(c['cell_type'] == 'code' and re.search(r'^#\|\s*slow\b', _src(c), re.M)
+                       for c in _cells(NBS / nb))}
+    named = {Path(nb).name for nb in _notebooks() if re.search(m.group(1), Path(nb).name)}
+    assert has_slow and named == has_slow, \
+        f'slow cells in {sorted(has_slow)}; the slow pass runs {sorted(named)}'

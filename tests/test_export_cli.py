@@ -65,7 +65,7 @@ def project(tmp_path, _trained) -> Path:
 
 
 def meta_of(path) -> dict:
-    from imgcls.export import parse_metadata
+    from imgcls.onnx_runtime import parse_metadata
     return parse_metadata({p.key: p.value for p in onnx.load(str(path)).metadata_props})
 
 
@@ -247,7 +247,8 @@ def test_glob_batch_goes_on_past_a_corrupt_checkpoint(project):
 
 TAMPER = '''
 import sys, onnx
-import imgcls.export as E
+import imgcls.export_checks as E  # export_checkpoint converts with the model_to_onnx it imported
+from imgcls.cli import ml_export
 from onnx import numpy_helper
 export = E.model_to_onnx
 def tampered(*a, **k):
@@ -257,7 +258,7 @@ def tampered(*a, **k):
     t.CopyFrom(numpy_helper.from_array(w, t.name))
     return m.SerializeToString()
 E.model_to_onnx = tampered
-sys.exit(E.ml_export(sys.argv[1:]))
+sys.exit(ml_export(sys.argv[1:]))
 '''
 
 
@@ -340,7 +341,7 @@ def test_a_dp_run_exports(project):
 # ------------------------------------------------------------------ the ONNX-only predictor
 
 def test_onnx_predictor_agrees_with_pytorch_on_the_test_split(project):
-    from imgcls.export import OnnxPredictor
+    from imgcls.onnx_runtime import OnnxPredictor
     ck = project / RUN / 'weights' / 'best.pt'
     assert_ok(run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt'], project))
     logits, labels, _, paths = torch_test_logits(project, ck)
@@ -353,7 +354,7 @@ def test_onnx_predictor_agrees_with_pytorch_on_the_test_split(project):
     assert [r['predicted'] for r in pred.predict(paths)] == [str(i) for i in logits.argmax(1)]
     # and it runs where torch cannot be imported
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from imgcls.export import OnnxPredictor\n"
+            "from imgcls.onnx_runtime import OnnxPredictor\n"
             "p = OnnxPredictor(sys.argv[1]).predict_proba(sys.argv[2:])\n"
             "print(json.dumps(p.tolist()))")
     res = run_py(code, project, ck.with_suffix('.onnx'), *paths)
@@ -426,7 +427,7 @@ def test_with_preprocessing_takes_decoded_uint8_images(project):
     np.testing.assert_allclose(y, logits, atol=1e-4, rtol=0)
     # the ONNX-only predictor feeds it decoded images, where torch cannot be imported
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from imgcls.export import OnnxPredictor\n"
+            "from imgcls.onnx_runtime import OnnxPredictor\n"
             "print(json.dumps(OnnxPredictor(sys.argv[1]).logits(sys.argv[2:]).tolist()))")
     res = run_py(code, project, out, *paths)
     assert_ok(res)
@@ -509,7 +510,7 @@ def int8_weights(path) -> list:
 
 
 def test_int8_range_full_is_8_bit_and_warns_where_the_cpu_has_no_vnni(project):
-    from imgcls.export import int8_full_range_safe
+    from imgcls.onnx_runtime import int8_full_range_safe
     ck = project / RUN / 'weights' / 'best.pt'
     res = run(['ml-export', '--checkpoint', f'{RUN}/weights/best.pt', '--quantize', 'int8',
                '--int8_range', 'full', '--calib_images', '16', '--bench_iters', '3',
@@ -592,17 +593,19 @@ def test_cv_folder_exports_one_ensemble_graph(cv_project):
     # the file's probabilities are the cross-validation report's soft vote on the test set
     import csv
     rows = list(csv.DictReader((cv / 'ensemble_test_predictions.csv').open()))
-    from imgcls.export import OnnxPredictor
+    from imgcls.onnx_runtime import OnnxPredictor
     pred = OnnxPredictor(out)
     p = pred.predict_proba([project / 'data' / 'tiny' / r['path'] for r in rows])
     ref = np.array([[float(r[f'p_{c}']) for c in pred.classes] for r in rows])
     np.testing.assert_allclose(p, ref, atol=1e-5)
-    # a glob may name CV folders; a run folder is not one
+    # a glob may name CV folders; a run folder stands for its best.pt; another folder is refused
     res = run(['ml-export', '--checkpoint', 'runs/*_cv', '--output', 'elsewhere.onnx'], project)
     assert_ok(res)
     assert (project / 'elsewhere.onnx').is_file()
-    res = run(['ml-export', '--checkpoint', RUN], project)
-    assert_clean_error(res, RUN, 'not a cross-validation folder')
+    assert_ok(run(['ml-export', '--checkpoint', RUN], project))
+    assert (project / RUN / 'weights' / 'best.onnx').is_file()
+    res = run(['ml-export', '--checkpoint', 'data'], project)
+    assert_clean_error(res, 'data', 'not a run folder (no weights/best.pt)')
 
 
 @pytest.mark.fault

@@ -50,8 +50,8 @@ def damaged_checkpoints(project: Path) -> dict:
 
 COMMANDS = {
     'ml-train --resume': ('imgcls.cli', 'ml_train', ['--config', CONFIG, '--resume']),
-    'ml-inference': ('imgcls.inference', 'ml_inference', ['--checkpoint_path']),
-    'ml-export': ('imgcls.export', 'ml_export', ['--validate', '--checkpoint']),
+    'ml-inference': ('imgcls.cli', 'ml_inference', ['--checkpoint_path']),
+    'ml-export': ('imgcls.cli', 'ml_export', ['--validate', '--checkpoint']),
 }
 
 # Many calls of one command's entry point (what its console script runs) in one process: torch

@@ -161,7 +161,7 @@ def test_bad_override_value_is_blamed_on_the_override(tmp_path):
 
 CHECK_CMD = '''
 import sys
-from imgcls.cli import run_cli
+from imgcls.core import run_cli
 from imgcls.config import load_config
 
 def check_config(config:str, # the YAML file to check

@@ -3,7 +3,7 @@ preprocessing". One upright scene is stored eight ways, each JPEG with the EXIF 
 that turns it upright again. The three preprocessing paths must give each file the same tensor,
 and that tensor must be the upright scene's: the datasets of `imgcls.data` (training's base
 tensors, validation's and test's transformed ones, streamed and cached),
-`imgcls.inference.Predictor` and `imgcls.export.OnnxPredictor`."""
+`imgcls.inference.Predictor` and `imgcls.onnx_runtime.OnnxPredictor`."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,8 @@ from PIL import Image
 from imgcls.checkpoint import load_checkpoint
 from imgcls.config import Config
 from imgcls.data import base_transform, eval_transform, get_datasets
-from imgcls.export import OnnxPredictor, export_onnx
+from imgcls.export import export_onnx
+from imgcls.onnx_runtime import OnnxPredictor
 from imgcls.inference import Predictor
 from imgcls.splits import make_splits
 

@@ -68,7 +68,7 @@ def test_the_check_catches_a_command_that_imports_torch(tmp_path):
     """Not vacuous: `ml-inference` as it was before issue #17 (its entry point in
     imgcls.inference, which imports torch at the top) prints its help but is caught."""
     script = tmp_path / 'ml-inference'
-    script.write_text('import sys\nfrom imgcls.inference import ml_inference\n'
+    script.write_text('import sys\nimport imgcls.inference\nfrom imgcls.cli import ml_inference\n'
                       "if __name__ == '__main__':\n    sys.exit(ml_inference())\n")
     printed, loaded, res = help_run(script, tmp_path)
     assert printed.startswith('usage: ml-inference '), show(res)

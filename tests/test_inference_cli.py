@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import (assert_clean_error, assert_ok, assert_usage_error, run, run_py, show,
                      tree_hash)
 
@@ -19,34 +18,10 @@ BEST = 'runs/my_run/weights/best.pt'
 CLASSES = [str(i) for i in range(10)]
 
 
-@pytest.fixture(scope='session')
-def _trained_pristine(tmp_path_factory) -> Path:
-    "A project with data/my_dataset (2 folds), its config, and a trained run in runs/my_run."
-    from imgcls.images import make_sample_dataset
-    from imgcls.splits import make_splits
-    root = tmp_path_factory.mktemp('inference_project')
-    raw = make_sample_dataset(root / 'data' / 'my_dataset', size=16, n_per_class=10)
-    make_splits(raw, folds=2, seed=0)
-    cfg = {'data': {'data_dir': 'data/my_dataset', 'image_size': 16, 'resize_size': 16,
-                    'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.0},
-           'model': {'type': 'custom', 'custom_architecture': 'tiny_net'},
-           'optimizer': {'lr': 0.05},
-           'training': {'num_epochs': 2, 'batch_size': 16, 'device': 'cpu'}}
-    (root / 'configs').mkdir()
-    (root / 'configs' / 'my_dataset_config.yaml').write_text(yaml.safe_dump(cfg))
-    res = run(['ml-train', '--config', 'configs/my_dataset_config.yaml'], root)
-    assert_ok(res)
-    [rd] = (root / 'runs').iterdir()                   # runs/my-dataset_fold_0
-    rd.rename(root / 'runs' / 'my_run')
-    return root
-
-
 @pytest.fixture
-def project(tmp_path, _trained_pristine) -> Path:
-    d = tmp_path / 'project'
-    shutil.copytree(_trained_pristine, d)
-    return d
+def project(my_project) -> Path:
+    "The shared trained project (conftest): data/my_dataset, its config, runs/my_run."
+    return my_project
 
 
 def direct(project: Path, paths: list, tta: bool = False):
@@ -141,7 +116,7 @@ def test_predictions_for_files_folders_and_globs(project):
 
 IN_PROCESS = """
 import contextlib, io, json, sys
-from imgcls.inference import ml_inference
+from imgcls.cli import ml_inference
 out = []
 for args in json.loads(sys.argv[1]):
     err, std = io.StringIO(), io.StringIO()
@@ -239,21 +214,10 @@ def test_a_moved_dataset_is_found_with_data_dir(project):
 
 # ------------------------------------------------------------------ fold ensembles
 
-@pytest.fixture(scope='session')
-def _cv_pristine(tmp_path_factory, _trained_pristine) -> Path:
-    "The same project, with `ml-train --fold all` run: a cross-validation folder of 2 fold models."
-    root = tmp_path_factory.mktemp('inference_cv')
-    for d in ('data', 'configs'): shutil.copytree(_trained_pristine / d, root / d)
-    assert_ok(run(['ml-train', '--config', 'configs/my_dataset_config.yaml', '--fold', 'all'],
-                  root))
-    return root
-
-
 @pytest.fixture
-def cv_project(tmp_path, _cv_pristine) -> Path:
-    d = tmp_path / 'cv_project'
-    shutil.copytree(_cv_pristine, d)
-    return d
+def cv_project(my_cv_project) -> Path:
+    "The shared project with `ml-train --fold all` run (conftest): 2 fold models."
+    return my_cv_project
 
 
 def _cv_dir(project: Path) -> Path:
@@ -377,15 +341,12 @@ def test_bad_min_confidence_and_cv_folders_are_one_clear_line(cv_project, lost_b
     rel = cv.relative_to(cv_project).as_posix()
     assert_usage_error(run(['ml-inference', '--checkpoint_path', rel, '--min_confidence', 'high'],
                            cv_project), '--min_confidence')
-    fold0 = next(cv.glob('*_fold_0'))
     cases = [
         (['--checkpoint_path', rel, '--min_confidence', '1'],
          ['--min_confidence must be a probability in [0, 1)', 'got 1.0']),
         (['--checkpoint_path', rel, '--min_confidence', '-0.2', '--images', 'data'],
          ['--min_confidence must be a probability in [0, 1)', 'got -0.2']),
-        (['--checkpoint_path', fold0.relative_to(cv_project).as_posix()],
-         ['a folder, not a checkpoint', 'RUN/weights/best.pt']),
-        (['--checkpoint_path', 'runs'], ['runs: a folder, not a checkpoint']),
+        (['--checkpoint_path', 'runs'], ['runs: not a run folder', 'RUN/weights/best.pt']),
     ]
     res = run_py(IN_PROCESS, cv_project, json.dumps([a for a, _ in cases]))
     assert_ok(res)

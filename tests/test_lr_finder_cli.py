@@ -124,7 +124,7 @@ def test_dashed_flags_and_overrides(project):
 
 IN_PROCESS = """
 import contextlib, io, json, sys
-from imgcls.lr_finder import ml_lr_finder
+from imgcls.cli import ml_lr_finder
 out = []
 for args in json.loads(sys.argv[1]):
     err = io.StringIO()

@@ -11,24 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_clean_error, assert_ok, command, env, run, show, tree_hash
+from helpers import (assert_clean_error, assert_ok, command, env, run, show, tiny_config,
+                     tree_hash)
 
 from imgcls.checkpoint import load_checkpoint
-
-
-def write_config(tmp_path, **over) -> Path:
-    cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.0},
-           'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
-           'optimizer': {'lr': 0.05},
-           'training': {'num_epochs': 2, 'batch_size': 16, 'device': 'cpu'}}
-    for k, v in over.items():
-        sec, key = k.split('__')
-        cfg.setdefault(sec, {})[key] = v
-    p = tmp_path / 'configs' / 'tiny_config.yaml'
-    p.parent.mkdir(exist_ok=True)
-    p.write_text(yaml.safe_dump(cfg))
-    return p
 
 
 RUN_FILES = ['config.yaml', 'weights/best.pt', 'weights/last.pt', 'logs/train.log', 'summary.json',
@@ -38,7 +24,7 @@ RUN_FILES = ['config.yaml', 'weights/best.pt', 'weights/last.pt', 'logs/train.lo
 
 @pytest.mark.fault
 def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split, lost_bytes):
-    cfg = write_config(tmp_path)
+    cfg = tiny_config(tmp_path)
     res = run(['ml-train', '--config', cfg, '--batch_size', '8', '--lr', '0.01'], tmp_path)
     assert_ok(res)
     rd = tmp_path / 'runs' / 'tiny_batch_8_lr_0.01_fold_0'
@@ -60,7 +46,7 @@ def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split,
 
 
 def test_fold_and_dotted_overrides(tmp_path, tiny_split):
-    cfg = write_config(tmp_path, training__num_epochs=1)
+    cfg = tiny_config(tmp_path, training__num_epochs=1)
     res = run(['ml-train', '--config', cfg, '--fold', '1', '--set', 'optimizer.momentum=0.8',
                '--training.label_smoothing', '0.1'], tmp_path)
     # training.label_smoothing is not a key: loss.label_smoothing
@@ -77,7 +63,7 @@ def test_fold_and_dotted_overrides(tmp_path, tiny_split):
 
 @pytest.mark.fault
 def test_bad_input_is_refused_before_any_work(tmp_path, tiny_split):
-    cfg = write_config(tmp_path)
+    cfg = tiny_config(tmp_path)
     cases = [
         (['--fold', '2'], ['fold 2 does not exist', 'folds 0, 1']),
         (['--batch_size', '0'], ['training.batch_size must be >= 1, got 0']),
@@ -128,7 +114,7 @@ def _interrupt(args, cwd, log, sig, after_epoch):
 
 @pytest.mark.fault
 def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split, lost_bytes):
-    cfg = write_config(tmp_path, training__num_epochs=500, training__early_stopping_patience=0)
+    cfg = tiny_config(tmp_path, training__num_epochs=500, training__early_stopping_patience=0)
     rd = tmp_path / 'runs' / 'tiny_fold_0'
     log, last = rd / 'logs' / 'train.log', rd / 'weights' / 'last.pt'
     code, out, err = _interrupt(['--config', cfg], tmp_path, log, signal.SIGINT, after_epoch=2)
@@ -170,7 +156,7 @@ def test_signals_save_last_pt_and_resume_continues(tmp_path, tiny_split, lost_by
 def test_resume_extends_a_finished_run_with_its_own_settings(tmp_path, tiny_split):
     """The run was started with flags; the resume names only what changes (more epochs, another
     learning rate), with or without --config: the run's own settings are kept, the rest applied."""
-    cfg = write_config(tmp_path, training__num_epochs=2)
+    cfg = tiny_config(tmp_path, training__num_epochs=2)
     assert_ok(run(['ml-train', '--config', cfg, '--batch_size', '8', '--lr', '0.02'], tmp_path))
     rd = tmp_path / 'runs' / 'tiny_batch_8_lr_0.02_fold_0'
     last, log = rd / 'weights' / 'last.pt', rd / 'logs' / 'train.log'
@@ -191,7 +177,7 @@ def test_resume_extends_a_finished_run_with_its_own_settings(tmp_path, tiny_spli
 
 @pytest.mark.fault
 def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_split):
-    cfg = write_config(tmp_path, training__num_epochs=1)
+    cfg = tiny_config(tmp_path, training__num_epochs=1)
     procs = [_start(['--config', cfg], tmp_path) for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -248,7 +234,7 @@ def test_data_digits_writes_the_sample_first(tmp_path):
 
 def test_a_timm_model_trains_exports_and_predicts_the_same(tmp_path, tiny_split):
     "`model.type: timm` by name: trains, resumes, exports to ONNX with parity on the test images."
-    cfg = write_config(tmp_path, model__type='timm', model__architecture='resnet10t',
+    cfg = tiny_config(tmp_path, model__type='timm', model__architecture='resnet10t',
                        training__num_epochs=1)
     assert_ok(run(['ml-train', '--config', cfg], tmp_path))
     best = tmp_path / 'runs' / 'tiny_fold_0' / 'weights' / 'best.pt'

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from helpers import assert_clean_error, assert_ok, command, env, run, show
 from PIL import Image
 
@@ -33,34 +32,10 @@ SCALARS = {'train/loss', 'train/acc', 'val/loss', 'val/acc', 'val/macro_f1', 'va
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope='session')
-def _trained_pristine(tmp_path_factory) -> Path:
-    "A project with data/my_dataset (2 folds), its config, and a trained run in runs/my_run."
-    from imgcls.images import make_sample_dataset
-    from imgcls.splits import make_splits
-    root = tmp_path_factory.mktemp('visualise_project')
-    raw = make_sample_dataset(root / 'data' / 'my_dataset', size=16, n_per_class=10)
-    make_splits(raw, folds=2, seed=0)
-    cfg = {'data': {'data_dir': 'data/my_dataset', 'image_size': 16, 'resize_size': 16,
-                    'num_workers': 0},
-           'augmentation': {'horizontal_flip': 0.5, 'random_resized_crop': True},
-           'model': {'type': 'custom', 'custom_architecture': 'tiny_net'},
-           'optimizer': {'lr': 0.05},
-           'training': {'num_epochs': 2, 'batch_size': 16, 'device': 'cpu'}}
-    (root / 'configs').mkdir()
-    (root / 'configs' / 'my_dataset_config.yaml').write_text(yaml.safe_dump(cfg))
-    res = run(['ml-train', '--config', 'configs/my_dataset_config.yaml'], root)
-    assert_ok(res)
-    [rd] = (root / 'runs').iterdir()
-    rd.rename(root / 'runs' / 'my_run')
-    return root
-
-
 @pytest.fixture
-def project(tmp_path, _trained_pristine) -> Path:
-    d = tmp_path / 'project'
-    shutil.copytree(_trained_pristine, d)
-    return d
+def project(my_project) -> Path:
+    "The shared trained project (conftest): data/my_dataset, its config, runs/my_run."
+    return my_project
 
 
 def make_study(project: Path, name: str = 'my_study', n_trials: int = 10) -> str:
