@@ -222,7 +222,7 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                                     'choices': sorted({max(8, bs // 2), bs, bs * 2})},
             'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2}}
 
-# %% ../nbs/09e_autoconfig.ipynb #c05039e8
+# %% ../nbs/09e_autoconfig.ipynb #a53b3a9f
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -230,7 +230,8 @@ def step_seconds(cfg, # a resolved config: the model, input size, batch size and
     "Seconds one training step of `cfg` takes on this machine, measured on random images."
     import torch
     from imgcls.models import get_model
-    from imgcls.trainer import autocast_dtype, get_device
+    from imgcls.trainer import autocast_dtype
+    from imgcls.training import get_device
     dev = get_device(cfg.training.device)
     model = get_model(cfg, num_classes).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

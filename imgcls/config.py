@@ -12,9 +12,9 @@ import yaml
 from .core import ConfigError, atomic_write, first_line
 
 # %% auto #0
-__all__ = ['TEMPLATE_PATH', 'FLAG_KEYS', 'parse_yaml', 'load_yaml', 'template_text', 'Config', 'default_config', 'flatten_config',
-           'valid_keys', 'nearest_key', 'validate_config', 'parse_value', 'parse_overrides', 'cli_overrides',
-           'load_config', 'save_config', 'run_name', 'create_run_dir']
+__all__ = ['TEMPLATE_PATH', 'TRAINER_MODULES', 'FLAG_KEYS', 'parse_yaml', 'load_yaml', 'template_text', 'Config',
+           'default_config', 'flatten_config', 'valid_keys', 'nearest_key', 'validate_config', 'parse_value',
+           'parse_overrides', 'cli_overrides', 'load_config', 'save_config', 'run_name', 'create_run_dir']
 
 # %% ../nbs/01_config.ipynb #046cfe79
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -103,9 +103,14 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #4b56568a
+# %% ../nbs/01_config.ipynb #fd5a6fa5
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
+# The trainer types, and the module that defines each: one registry, from which
+# `training.trainer_type`'s allowed values come and `get_trainer` imports a trainer's module.
+TRAINER_MODULES = {'standard': 'imgcls.trainer', 'mixed_precision': 'imgcls.trainer',
+                   'accelerate': 'imgcls.distributed', 'dp': 'imgcls.privacy'}
+
 _RULES = {
     'seed': dict(min=0), 'data.fold': dict(),  # range checked against the splits (lists the folds)
     'data.num_workers': dict(type=(int, str), min=0, choices_str=['auto']),
@@ -133,7 +138,7 @@ _RULES = {
     'scheduler.factor': dict(gt=0, max=1), 'scheduler.min_lr': dict(min=0),
     'loss.label_smoothing': dict(min=0, max=1, max_open=True),
     'loss.class_weights': dict(type=(str, list), null=True, choices_str=['balanced']),
-    'training.trainer_type': dict(choices=['standard', 'mixed_precision', 'accelerate', 'dp']),
+    'training.trainer_type': dict(choices=list(TRAINER_MODULES)),
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
     'training.gradient_accumulation_steps': dict(min=1),

@@ -56,11 +56,11 @@ def find_images(images, # a path, folder or glob pattern, or a list of them
     if not out: raise DataError('no images given')
     return list(dict.fromkeys(out))
 
-# %% ../nbs/11_inference.ipynb #b3fdf25c
+# %% ../nbs/11_inference.ipynb #b44071bc
 def _default_device(device=None) -> torch.device:
     "`device`, or the GPU when there is one."
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    from imgcls.trainer import get_device
+    from imgcls.training import get_device
     return get_device(str(device))
 
 UNKNOWN = 'unknown'  # the answer for an image whose top probability is below min_confidence

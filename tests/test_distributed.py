@@ -71,7 +71,8 @@ def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
 _STOP_SCRIPT = '''
 import sys
 from imgcls.config import load_config
-from imgcls.trainer import Callback, TrainingInterrupted, get_trainer
+from imgcls.trainer import get_trainer
+from imgcls.training import Callback, TrainingInterrupted
 
 class StopOnRankZero(Callback):
     "What a signal to one process does: rank 0 asks to stop at step 2 of epoch 2."

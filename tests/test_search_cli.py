@@ -215,7 +215,7 @@ def test_failing_trials_are_fail_and_the_search_goes_on(tmp_path, tiny_split, mo
 
 @pytest.mark.fault
 def test_nan_metric_is_fail_not_complete(tmp_path, tiny_split, monkeypatch):
-    from imgcls.trainer import Callback
+    from imgcls.training import Callback
 
     class NaNMetric(Callback):
         def after_epoch(self, trainer, row): row['val_acc'] = float('nan')
