@@ -14,11 +14,11 @@ from .core import (X86_ARCHES, ImgclsError, cpu_features, describe_cpu, first_li
 from .images import load_image, to_rgb
 
 # %% auto #0
-__all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'IMAGE_NAME', 'METADATA_JSON_KEYS', 'ExportError', 'parse_metadata',
+__all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'IMAGE_NAME', 'METADATA_JSON_KEYS', 'ExportError', 'require_export', 'parse_metadata',
            'int8_full_range_safe', 'full_range_warning', 'preprocess', 'decode', 'softmax', 'ort_session',
            'OnnxPredictor']
 
-# %% ../nbs/12_onnx_runtime.ipynb #6e44f0da
+# %% ../nbs/12_onnx_runtime.ipynb #04fc5c59
 class ExportError(ImgclsError):
     "The export, or a check of the exported model, failed."
 
@@ -26,6 +26,10 @@ INPUT_NAME, OUTPUT_NAME = 'input', 'logits'  # a plain model's float input, and 
 IMAGE_NAME = 'image'  # the input of a model with the preprocessing inside
 METADATA_JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std',
                       'opset', 'temperature', 'folds')  # stored as JSON; the rest as strings
+
+def require_export(*names:str) -> list:
+    "Import the export extra's modules (`onnx`, `onnxruntime`, ...), or say how to install them."
+    return require(*names, what='export', extra='export', error=ExportError)
 
 def parse_metadata(props:dict) -> dict:
     "The values of an imgcls ONNX file's metadata_props (a key -> string mapping) as Python values."
@@ -72,7 +76,7 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_onnx_runtime.ipynb #5eed39aa
+# %% ../nbs/12_onnx_runtime.ipynb #7729476d
 def decode(img, # an image path or a PIL image
           ) -> np.ndarray:
     ("`img` as a uint8 (height, width, 3) array at its own size: upright (EXIF) RGB by imgcls's "
@@ -90,7 +94,7 @@ def ort_session(src, # an .onnx path or the model's bytes
                 providers=None, # execution providers (default: CPU)
                ):
     "An ONNX Runtime session for an .onnx path or the model's bytes; a clear error if it fails."
-    (ort,) = require('onnxruntime', what='ONNX Runtime', extra='export', error=ExportError)
+    (ort,) = require_export('onnxruntime')
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads: so.intra_op_num_threads = int(threads)
