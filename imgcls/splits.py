@@ -74,11 +74,10 @@ def _describe_duplicates(g:dict) -> str:
             f"similarity {g['similarity']:.3f})")
     return f"{what} {cls}, {where}: {', '.join(g['paths'])}"
 
-# %% ../nbs/03_splits.ipynb #78fae6c0
+# %% ../nbs/03_splits.ipynb #d29d17cb
 NEAR_DUP_DISTANCE = 4     # default: hashes within this many bits (of 64) are candidates...
-NEAR_DUP_SIMILARITY = 0.98  # ...confirmed when their 16x16 grayscale thumbnails correlate this well
+NEAR_DUP_SIMILARITY = 0.99  # ...confirmed when their 16x16 grayscale thumbnails correlate this well
 _THUMB = 16
-_MAX_NEAR_WARNINGS = 20   # warning lines; the manifest lists every pair
 
 def _gray(image) -> Image.Image:
     "`image` (a path or PIL image) upright, as `load_image` reads it, in grayscale."
@@ -155,6 +154,18 @@ def near_duplicate_pairs(paths:list, # image files
         if sim >= min_similarity: out.append((i, j, d, sim))
     return out
 
+def _warn_near(near:list[dict], manifest):
+    ("One warning for the near-duplicate pairs `near` (closest first): the pair itself when there "
+     "is one, else the count, the closest pair, and where every pair is listed.")
+    if len(near) == 1: logger.warning(_describe_duplicates(near[0]))
+    elif near:
+        across = sum(len(g['classes']) > 1 for g in near)
+        test = sum('test' in g['splits'] and len(g['splits']) > 1 for g in near)
+        logger.warning(f'{len(near)} pairs of near-identical images ({across} in different '
+                       f'classes, {test} across test and train/val), every one listed under '
+                       f'near_duplicates in {manifest}; the closest: '
+                       + _describe_duplicates(near[0]))
+
 def _near_duplicates(scan, roles:dict, max_distance:int) -> list[dict]:
     ("Near-duplicate pairs of `scan` in different classes or different splits of some fold "
      "(see `_duplicates`), closest first; exact duplicates are left to `_duplicates`.")
@@ -212,7 +223,7 @@ def _dedupe(scan) -> list:
     for p, k in removed: logger.warning(f'--dedupe: left out {p} (identical to {k})')
     return removed
 
-# %% ../nbs/03_splits.ipynb #cb643902
+# %% ../nbs/03_splits.ipynb #af4a76e5
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -334,10 +345,7 @@ def make_splits(
         deduplicated=[dict(path=p, same_as=k) for p, k in removed],
         near_dup_distance=near_dup_distance, near_duplicates=near)
     for g in dups: logger.warning(_describe_duplicates(g))
-    for g in near[:_MAX_NEAR_WARNINGS]: logger.warning(_describe_duplicates(g))
-    if len(near) > _MAX_NEAR_WARNINGS:
-        logger.warning(f'... and {len(near) - _MAX_NEAR_WARNINGS} more near-duplicate pair(s), '
-                       f'all listed under near_duplicates in {out/MANIFEST}')
+    _warn_near(near, out/MANIFEST)
     tmp = Path(tempfile.mkdtemp(prefix='.splits.tmp-', dir=data_dir))
     try:
         for n, t in texts.items(): atomic_write(tmp/n, t)
