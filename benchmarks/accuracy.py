@@ -236,15 +236,28 @@ def fresh_folder(work: Path):
     (work / MARKER).write_text('made by benchmarks/accuracy.py; deleted by its next run\n')
 
 
+def seed_flag(seed: int) -> list[str]:
+    "What a user adds to ml-split or ml-train for `seed` (nothing for the default)."
+    return [] if seed == IMGCLS_SEED else ['--seed', str(seed)]
+
+
 def run_imgcls(work: Path, name: str, folds: int, quick: bool, seed: int, log) -> dict:
     import yaml
-    seed_flag = [] if seed == IMGCLS_SEED else ['--seed', str(seed)]
     _, t_init = shell(['ml-init-config', f'data/{name}'], work, log)
     cfg = yaml.safe_load((work / 'configs' / f'{name}_config.yaml').read_text())
     _, t_split = shell(['ml-split', '--raw_data', f'data/{name}/raw', '--folds', str(folds),
-                        *seed_flag], work, log)
+                        *seed_flag(seed)], work, log)
     return dict(cfg=cfg, steps={'ml-init-config': t_init, 'ml-split': t_split},
-                train_args=(['--num_epochs', '1'] if quick else []) + seed_flag)
+                train_args=['--num_epochs', '1'] if quick else [])
+
+
+def pooled(runs: list[dict]) -> dict:
+    "Runs of one method with other seeds as one: mean accuracy and time, each run's accuracy."
+    out = dict(runs[0])
+    out['acc'] = float(np.mean([r['acc'] for r in runs]))
+    out['time_s'] = float(np.mean([r['time_s'] for r in runs]))
+    out['runs'] = [dict(seed=r['seed'], acc=r['acc'], time_s=r['time_s']) for r in runs]
+    return out
 
 
 def train_imgcls(work: Path, name: str, extra: list[str], log) -> tuple[dict, float, str]:
@@ -308,20 +321,25 @@ def bench(name: str, a, log) -> dict:
     flips = ''.join(f for f, ok in zip('hv', ds.FLIPS[name]) if ok)
     res = {'svc': child_run('svc', data_dir)}
     log(f"svc: {res['svc']['acc']:.4f} ({res['svc']['time_s']:.1f} s)")
-    res['pytorch loop'] = child_run('pytorch loop', data_dir, side=side,
-                                    epochs=1 if a.quick else a.loop_epochs,
-                                    min_images=0 if a.quick else a.loop_min_images,
-                                    flips=flips or '-',
-                                    device=loop_device(cfg), seed=a.seed)
-    log(f"pytorch loop: {res['pytorch loop']['acc']:.4f} ({res['pytorch loop']['time_s']:.1f} s)")
-    summary, t_train, run_dir = train_imgcls(work, name, ic['train_args'], log)
-    steps = {**ic['steps'], 'ml-train': t_train}
-    res['imgcls defaults'] = dict(
-        acc=summary['test']['acc'], time_s=t_train, pipeline_s=sum(steps.values()), steps=steps,
-        n_test=summary['test']['n'], run_dir=run_dir, best_epoch=summary.get('best_epoch'),
-        epochs_run=summary.get('epochs_run'), val_acc=summary.get('val', {}).get('acc'),
-        train_time_s=summary.get('train_time_s'), config=describe(cfg))
-    log(f"imgcls defaults: {res['imgcls defaults']['acc']:.4f} ({t_train:.1f} s)")
+    loops, ours = [], []
+    for seed in range(a.seed, a.seed + a.repeats):   # training seeds; the split stays the same
+        r = child_run('pytorch loop', data_dir, side=side,
+                      epochs=1 if a.quick else a.loop_epochs,
+                      min_images=0 if a.quick else a.loop_min_images, flips=flips or '-',
+                      device=loop_device(cfg), seed=seed)
+        loops.append(dict(r, seed=seed))
+        log(f"pytorch loop, seed {seed}: {r['acc']:.4f} ({r['time_s']:.1f} s)")
+        summary, t_train, run_dir = train_imgcls(work, name, ic['train_args'] + seed_flag(seed),
+                                                 log)
+        steps = {**ic['steps'], 'ml-train': t_train}
+        ours.append(dict(
+            seed=seed, acc=summary['test']['acc'], time_s=t_train,
+            pipeline_s=sum(steps.values()), steps=steps, n_test=summary['test']['n'],
+            run_dir=run_dir, best_epoch=summary.get('best_epoch'),
+            epochs_run=summary.get('epochs_run'), val_acc=summary.get('val', {}).get('acc'),
+            train_time_s=summary.get('train_time_s'), config=describe(cfg)))
+        log(f"imgcls defaults, seed {seed}: {summary['test']['acc']:.4f} ({t_train:.1f} s)")
+    res['pytorch loop'], res['imgcls defaults'] = pooled(loops), pooled(ours)
     for m, r in res.items():
         if r['n_test'] != len(te):
             sys.exit(f'{name}: {m} scored {r["n_test"]} test images, the split has {len(te)}')
@@ -354,18 +372,22 @@ def report(results: dict, a):
         m = r['methods']
         best = max(('svc', 'pytorch loop'), key=lambda k: m[k]['acc'])
         ic, loop = m['imgcls defaults'], m['pytorch loop']
-        images = round((ic['acc'] - m[best]['acc']) * r['n_test'])  # test images more or fewer
+        # test images more or fewer (a mean over seeds when --repeats: may be a fraction)
+        images = round((ic['acc'] - m[best]['acc']) * r['n_test'], 1)
         diff, ratio = images / r['n_test'], ic['time_s'] / loop['time_s']
         for meth in METHODS:
             vs = f'acc {diff:+.4f}, time {ratio:.2f}x loop' if meth == 'imgcls defaults' else ''
+            runs = m[meth].get('runs', [])
+            accs = ' '.join(format(x['acc'], '.4f') for x in runs)
+            each = f'  (seeds: {accs})' if len(runs) > 1 else ''
             print(f"{name:10} {r['images']:>6} {r['classes']:>7} {r['n_test']:>5}  {meth:16} "
-                  f"{m[meth]['acc']:8.4f} {m[meth]['time_s']:8.1f}   {vs}".rstrip())
+                  f"{m[meth]['acc']:8.4f} {m[meth]['time_s']:8.1f}   {vs}{each}".rstrip())
         r['best_baseline'], r['acc_vs_best'], r['time_vs_loop'] = best, diff, ratio
         lines.append(
             f"{name}: imgcls defaults {ic['acc']:.4f} "
             f"{'reached' if images >= 0 else 'did NOT reach'} the better baseline "
             f"({best} {m[best]['acc']:.4f}, {diff:+.4f} = "
-            f"{images:+d} test images); ml-train took {ratio:.2f}x the loop's "
+            f"{images:+g} test images); ml-train took {ratio:.2f}x the loop's "
             f"time ({ic['time_s']:.1f} s vs {loop['time_s']:.1f} s; whole pipeline "
             f"{ic['pipeline_s']:.1f} s)")
     print('\n' + '\n'.join(lines))
@@ -386,6 +408,10 @@ def main():
     p.add_argument('--loop_min_images', type=int, default=16000,
                    help='the PyTorch loop trains on at least this many images in all (epochs x '
                         'train images, at most 300 epochs; 0: exactly --loop_epochs)')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='train the loop and imgcls this many times, with seeds --seed, --seed+1, '
+                        '...; the table gives the mean (a small test set moves by whole images '
+                        'from one seed to the next)')
     p.add_argument('--json', help='also write every figure to this JSON file')
     p.add_argument('--child', choices=list(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument('--child_dir', help=argparse.SUPPRESS)
@@ -408,7 +434,8 @@ def main():
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(
-            {'quick': a.quick, 'seed': a.seed, 'loop_epochs': 1 if a.quick else a.loop_epochs,
+            {'quick': a.quick, 'seed': a.seed, 'repeats': a.repeats,
+             'loop_epochs': 1 if a.quick else a.loop_epochs,
              'loop_min_images': 0 if a.quick else a.loop_min_images,
              'svc': {'C': 10, 'gamma': 'scale', 'side': SVC_SIDE}, 'loop_lr': LOOP_LR,
              'datasets': results}, indent=1))

@@ -21,7 +21,7 @@ def test_accuracy_benchmark_quick_prints_every_row(tmp_path):
     out = tmp_path / 'acc.json'
     res = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'accuracy.py'), '--quick',
                           '--datasets', 'digits20', 'shapes', '--data', str(tmp_path / 'work'),
-                          '--json', str(out)],
+                          '--repeats', '2', '--json', str(out)],
                          capture_output=True, text=True, env=env(), timeout=900)
     assert res.returncode == 0, show(res)
     assert 'Traceback' not in res.stdout + res.stderr, show(res)
@@ -33,8 +33,12 @@ def test_accuracy_benchmark_quick_prints_every_row(tmp_path):
             assert m, f'no table row for {name} / {meth}\n{show(res)}'
             assert 0 <= float(m.group(2)) <= 1, m.group(0)
             assert int(m.group(1)) > 0
-        assert re.search(rf'^{name}\s.*imgcls defaults\s.*acc [+-][\d.]+, time [\d.]+x loop$',
-                         res.stdout, re.M), res.stdout
+        # two seeds of the loop and of imgcls on the same split: the mean, then each run
+        row = re.search(rf'^{name}\s.*imgcls defaults\s+([\d.]+)\s.*acc [+-][\d.]+, time '
+                        r'[\d.]+x loop  \(seeds: ([\d.]+) ([\d.]+)\)$', res.stdout, re.M)
+        assert row, res.stdout
+        mean, a, b = map(float, row.groups())
+        assert abs(mean - (a + b) / 2) < 1e-3, row.group(0)
         assert re.search(rf'^{name}: imgcls defaults [\d.]+ (reached|did NOT reach) the better '
                          r'baseline \((svc|pytorch loop) ', res.stdout, re.M), res.stdout
     # no flips where a mirror changes the class, both flips where it cannot
@@ -49,6 +53,8 @@ def test_accuracy_benchmark_quick_prints_every_row(tmp_path):
         n_test = len([ln for ln in test if ln.strip()])
         assert n_test == d['n_test'] > 0
         assert {m: r['n_test'] for m, r in d['methods'].items()} == dict.fromkeys(METHODS, n_test)
+        for m in ('pytorch loop', 'imgcls defaults'):
+            assert [r['seed'] for r in d['methods'][m]['runs']] == [42, 43], d['methods'][m]
         # README's steps ran in the working folder: config, splits, a run with its summary
         work = Path(d['work'])
         assert (work / 'configs' / f'{name}_config.yaml').is_file()
