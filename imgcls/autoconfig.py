@@ -117,7 +117,7 @@ def machine_info() -> dict:
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
                 bf16=bool(cpu_features()['bf16']))
 
-# %% ../nbs/09e_autoconfig.ipynb #8cdc7a50
+# %% ../nbs/09e_autoconfig.ipynb #0ff5de66
 MIN_IMAGES = 16_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
@@ -172,6 +172,9 @@ def recipe(info:dict, # from `inspect_dataset`
         'set 0.5 if a mirrored image shows the same class' if not flip else
         'mirrored half the time, right for photographs; set 0.0 for text, digits or anything '
         'whose left and right differ'))
+    r['augmentation.vertical_flip'] = (0.0, 'never upside down: most pictures show another thing '
+                                       'upside down; set 0.5 for textures, microscopy, aerial '
+                                       'or other images that have no up')
     cap = 128 if size <= 64 else 64
     bs = min(cap, max(8, _pow2_floor(n_train / 10)))
     _, spe = _budget(info['n_images'], bs)
