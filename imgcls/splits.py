@@ -74,10 +74,11 @@ def _describe_duplicates(g:dict) -> str:
             f"similarity {g['similarity']:.3f})")
     return f"{what} {cls}, {where}: {', '.join(g['paths'])}"
 
-# %% ../nbs/03_splits.ipynb #d29d17cb
+# %% ../nbs/03_splits.ipynb #8d640dc9
 NEAR_DUP_DISTANCE = 4     # default: hashes within this many bits (of 64) are candidates...
-NEAR_DUP_SIMILARITY = 0.99  # ...confirmed when their 16x16 grayscale thumbnails correlate this well
+NEAR_DUP_SIMILARITY = 0.993  # ...confirmed when 16x16 grayscale thumbnails correlate this well
 _THUMB = 16
+_CROPS = (0.0, 0.04, 0.08)   # views compared: the whole image, and with these borders cut away
 
 def _gray(image) -> Image.Image:
     "`image` (a path or PIL image) upright, as `load_image` reads it, in grayscale."
@@ -90,13 +91,20 @@ def dhash(image, # an image file or a PIL image
     a = np.asarray(_gray(image).resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     return int(np.packbits((a[:, 1:] > a[:, :-1]).ravel()).view('>u8')[0])
 
-def _fingerprint(path) -> tuple[int, np.ndarray] | None:
-    "The difference hash and 16x16 grayscale thumbnail of `path`; None if it cannot be read."
+def _fingerprint(path) -> list[tuple[int, np.ndarray]] | None:
+    ("The difference hash and normalised 16x16 grayscale thumbnail of `path` and of its centre "
+     "with each border of `_CROPS` cut away; None if it cannot be read.")
     try: g = _gray(path)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None   # scan_images decoded it; a file that changed since is nobody's near duplicate
-    thumb = np.asarray(g.resize((_THUMB, _THUMB), Image.Resampling.LANCZOS), dtype=np.uint8)
-    return dhash(g), thumb
+    out, (w, h) = [], g.size
+    for c in _CROPS:
+        dx, dy = round(c * w), round(c * h)
+        gc = g.crop((dx, dy, w - dx, h - dy)) if dx or dy else g
+        t = np.asarray(gc.resize((_THUMB, _THUMB), Image.Resampling.LANCZOS), np.float32).ravel()
+        t -= t.mean()
+        out.append((dhash(gc), t / max(float(np.linalg.norm(t)), 1e-6)))  # flat: 0, never alike
+    return out
 
 def _popcount(x:np.ndarray) -> np.ndarray:
     "Set bits of each uint64."
@@ -137,21 +145,25 @@ def near_duplicate_pairs(paths:list, # image files
                          workers:int|None=None, # decoding threads (default: one per CPU)
                         ) -> list[tuple[int, int, int, float]]:
     ("Pairs `(i, j, distance, similarity)` of `paths` that look alike: difference hashes within "
-     "`max_distance` bits and 16x16 grayscale thumbnails correlated at least `min_similarity`.")
+     "`max_distance` bits and 16x16 grayscale thumbnails correlated at least `min_similarity`, "
+     "each image taken whole and with thin borders cut away (`_CROPS`), the closest views counted.")
     if max_distance <= 0 or len(paths) < 2: return []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as ex:
         fps = list(ex.map(_fingerprint, paths))
-    ok = np.array([f is not None for f in fps])
-    hashes = np.array([f[0] if f else 0 for f in fps], dtype=np.uint64)
-    thumbs = np.stack([f[1] if f else np.zeros((_THUMB, _THUMB), np.uint8) for f in fps])
-    t = thumbs.reshape(len(fps), -1).astype(np.float32)
-    t -= t.mean(1, keepdims=True)
-    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)   # flat images: 0, never alike
-    out = []
+    ok = [i for i, f in enumerate(fps) if f is not None]
+    if len(ok) < 2: return []
+    k = len(_CROPS)
+    hashes = np.array([h for i in ok for h, _ in fps[i]], dtype=np.uint64)
+    thumbs = np.stack([np.stack([t for _, t in fps[i]]) for i in ok])   # (images, views, pixels)
+    owner = np.repeat(np.arange(len(ok)), k)
+    best = {}   # (a, b) -> fewest differing bits over the views of a and b
     for i, j, d in close_pairs(hashes, max_distance).tolist():
-        if not (ok[i] and ok[j]): continue
-        sim = float(t[i] @ t[j])
-        if sim >= min_similarity: out.append((i, j, d, sim))
+        a, b = sorted((int(owner[i]), int(owner[j])))
+        if a != b and d < best.get((a, b), 65): best[a, b] = d
+    out = []
+    for (a, b), d in sorted(best.items()):
+        sim = float((thumbs[a] @ thumbs[b].T).max())
+        if sim >= min_similarity: out.append((ok[a], ok[b], d, sim))
     return out
 
 def _warn_near(near:list[dict], manifest):

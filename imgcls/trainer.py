@@ -56,7 +56,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #01e4681b
+# %% ../nbs/09_trainer.ipynb #8b97952d
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -568,8 +568,10 @@ class BaseTrainer:
         axs[0].plot(ep, [r['val_loss'] for r in h], label='val')
         axs[1].plot(ep, [r['train_acc'] for r in h], label='train')
         axs[1].plot(ep, [r['val_acc'] for r in h], label='val')
+        from matplotlib.ticker import MaxNLocator
         for ax, t in zip(axs, ('loss', 'accuracy')):
             ax.set_title(t); ax.set_xlabel('epoch'); ax.legend()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # whole epochs
         fig.tight_layout()
         return fig
 
