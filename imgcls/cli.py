@@ -203,7 +203,7 @@ def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
 # %% ../nbs/90_cli.ipynb #93139111
 def ml_lr_finder(argv=None): return run_cli(lr_finder, 'ml-lr-finder', argv)
 
-# %% ../nbs/90_cli.ipynb #8767c421
+# %% ../nbs/90_cli.ipynb #3102f78b
 def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
               images:list[str]=None, # image files, folders or glob patterns (none: test the run)
               top_k:int=5, # classes (with probabilities) to report for each image
@@ -221,7 +221,7 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
     ("Evaluate a checkpoint or a cross-validation fold ensemble on the test set (report, "
      "confusion matrix, predictions; with --min_confidence, the share of images answered and "
      "the accuracy on them), or predict the classes of any images.")
-    from imgcls.core import ConfigError, atomic_write, setup_logging
+    from imgcls.core import ConfigError, atomic_write, check_output, setup_logging
     from imgcls.inference import (UNKNOWN, Predictor, selective_text, check_min_confidence,
                                   evaluate_checkpoint, predictions_csv, predictions_json)
     setup_logging()
@@ -240,6 +240,8 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
               f"{r['paths']['predictions']}")
         return 0
     if top_k < 1: raise ConfigError(f'--top_k must be >= 1, got {top_k}')
+    if output is not None:   # checked before the model is loaded: never over the user's work
+        check_output(output, 'predictions', ('.csv', '.json', '.txt'), inputs=[checkpoint_path])
     p = Predictor.from_checkpoint(checkpoint_path, device, tta or None, batch_size)
     check_min_confidence(min_confidence, p.classes, name='--min_confidence')
     preds = p.predict(images, top_k, skip_bad, min_confidence=min_confidence)

@@ -15,20 +15,27 @@ from PIL import Image, ImageOps
 from .core import DataError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'BACKGROUND', 'list_image_files', 'file_list_hash', 'to_rgb', 'load_image', 'ImageCheck', 'check_image',
-           'Scan', 'class_folders', 'scan_images', 'make_sample_dataset']
+__all__ = ['IMAGE_EXTS', 'JUNK_FOLDERS', 'BACKGROUND', 'list_image_files', 'file_list_hash', 'to_rgb', 'load_image', 'ImageCheck',
+           'check_image', 'Scan', 'class_folders', 'scan_images', 'make_sample_dataset']
 
-# %% ../nbs/02_images.ipynb #612aa68e
+# %% ../nbs/02_images.ipynb #1ef1fa88
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
               '.ppm', '.pgm', '.pbm')
 
-def _hidden(parts): return any(p.startswith(('.', '__')) for p in parts)
+JUNK_FOLDERS = ('__MACOSX', '__pycache__')   # what archive tools and Python leave behind
+
+def _hidden(parts): return any(p.startswith('.') or p in JUNK_FOLDERS for p in parts)
 
 def list_image_files(raw_dir) -> list[Path]:
-    "Sorted files under `raw_dir/<class>/` with an image extension, hidden files excluded."
+    ("Sorted files under `raw_dir/<class>/` with an image extension; hidden names (a leading `.`) "
+     "and `JUNK_FOLDERS` left out. Folder links are followed, each real folder once.")
     raw_dir = Path(raw_dir)
-    out = []
+    out, seen = [], set()
     for root, dirs, files in os.walk(raw_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:   # a link back to a folder already walked (a loop, or `.`)
+            dirs[:] = []; continue
+        seen.add(real)
         dirs[:] = sorted(x for x in dirs if not _hidden([x]))
         rel_root = Path(root).relative_to(raw_dir)
         if rel_root == Path('.'): continue  # files directly in raw/ belong to no class
@@ -42,7 +49,9 @@ def file_list_hash(raw_dir) -> str:
     raw_dir = Path(raw_dir)
     h = hashlib.sha256()
     for p in list_image_files(raw_dir):
-        h.update(f'{p.relative_to(raw_dir).as_posix()}\t{p.stat().st_size}\n'.encode())
+        try: size = p.stat().st_size
+        except OSError: size = -1   # a broken or looping link: the scan lists it as unreadable
+        h.update(f'{p.relative_to(raw_dir).as_posix()}\t{size}\n'.encode())
     return h.hexdigest()
 
 # %% ../nbs/02_images.ipynb #88a5bc2d
