@@ -85,3 +85,23 @@ def test_odd_folders_split_with_one_line_or_as_classes(tmp_path):
     m = json.loads((tmp_path / 'data/odd/splits/manifest.json').read_text())
     assert sorted(r['path'] for r in m['rejected']) == ['raw/1/self.png', 'raw/2/gone.png'], m
     assert '__init__' in m['classes'] and m['n_images'] == 66, (m['classes'], m['n_images'])
+
+
+@pytest.mark.fault
+def test_a_run_being_trained_is_not_resumed_by_a_second_process(my_project, lost_bytes):
+    "The first trainer holds the run folder's lock; a second `--resume`: one line, nothing written."
+    import fcntl
+    rd = my_project / 'runs/my_run'
+    lost_bytes.watch(rd / 'weights', rd / 'logs')
+    with open(rd / '.lock', 'a+') as held:   # as the first `ml-train` holds it while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0); held.truncate()
+        held.write('process 4242 on trainer-host\n'); held.flush()
+        res = run(['ml-train', '--resume', 'runs/my_run/weights/last.pt', '--num_epochs', 3],
+                  my_project)
+        assert_clean_error(res, 'runs/my_run is being trained by process 4242 on trainer-host')
+    assert lost_bytes.check() == 0
+    res = run(['ml-train', '--resume', 'runs/my_run/weights/last.pt', '--num_epochs', 3],
+              my_project)                    # the lock released: the resume goes ahead
+    assert_ok(res)
+    assert json.loads((rd / 'summary.json').read_text())['epochs_run'] == 3
