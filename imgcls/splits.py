@@ -421,7 +421,7 @@ def read_manifest(splits_dir):
     try: return json.loads(p.read_text())
     except (OSError, ValueError): return None
 
-# %% ../nbs/03_splits.ipynb #caeec3ae
+# %% ../nbs/03_splits.ipynb #a60c63f4
 def check_splits(data_dir, # data/NAME
                  fold:int|None=None, # the fold about to be used (checked to exist)
                 ) -> dict:
@@ -429,6 +429,11 @@ def check_splits(data_dir, # data/NAME
     data_dir = Path(data_dir)
     sd = data_dir/SPLITS
     how = f'ml-split --raw_data {data_dir/"raw"} --folds K'
+    if not data_dir.is_dir():
+        where = ('' if data_dir.is_absolute() else
+                 f' (a relative path is read from the current folder, {Path.cwd()})')
+        raise DataError(f'{data_dir}: no such dataset folder{where}; run from the project folder '
+                        'or give data.data_dir as an absolute path')
     if not sd.is_dir(): raise DataError(f'{sd}: no splits yet; make them with `{how}`')
     m = read_manifest(sd)
     if m is None:

@@ -105,3 +105,14 @@ def test_a_run_being_trained_is_not_resumed_by_a_second_process(my_project, lost
               my_project)                    # the lock released: the resume goes ahead
     assert_ok(res)
     assert json.loads((rd / 'summary.json').read_text())['epochs_run'] == 3
+
+
+@pytest.mark.fault
+def test_a_relative_data_dir_says_where_it_was_read_from(my_project):
+    "ml-train run from another folder: the data folder is missing *there*, and the line says so."
+    elsewhere = my_project / 'elsewhere'
+    elsewhere.mkdir()
+    res = run(['ml-train', '--config', '../configs/my_dataset_config.yaml'], elsewhere)
+    assert_clean_error(res, 'data/my_dataset: no such dataset folder (a relative path is read '
+                            f'from the current folder, {elsewhere})')
+    assert not (elsewhere / 'runs').exists()
