@@ -217,26 +217,42 @@ def _check_raw_dir(raw_dir) -> Path:
     raise DataError(f'{raw_dir}: the images folder must be named raw '
                     '(the layout is data/NAME/raw/<class>/<image>; splits go in data/NAME/splits)')
 
-# %% ../nbs/03_splits.ipynb #a44dbfdb
+# %% ../nbs/03_splits.ipynb #85bc284c
 def _intact(out:Path, manifest:dict) -> bool:
     "Are the index files `manifest` lists all in `out`, as `make_splits` wrote them?"
     try: return all(_sha256((out/n).read_text()) == h for n, h in manifest['files'].items())
     except (OSError, UnicodeDecodeError, KeyError, AttributeError): return False
 
-def _move_aside(out:Path) -> Path:
-    "Rename folder `out` to a new `out.old-<stamp>[-<n>]` beside it; return the new name."
+def _move_aside(out:Path, # the splits folder whose old set is kept
+                src:Path|None=None, # the folder holding that old set (default: `out` itself)
+               ) -> Path:
+    "Rename `src` (or `out`) to a new `out.old-<stamp>[-<n>]` beside `out`; return the new name."
+    src = src or out
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     for n in range(10_000):
         kept = out.with_name(f'{out.name}.old-{stamp}' + (f'-{n}' if n else ''))
         if kept.exists() or kept.is_symlink(): continue
         try:
-            os.rename(out, kept)   # never replaces a non-empty folder; exists() covers empty ones
+            os.rename(src, kept)   # never replaces a non-empty folder; exists() covers empty ones
             return kept
         except OSError as e:
             if kept.exists(): continue   # taken between the check and the rename
+            done = ('nothing was changed' if src == out else
+                    f'the new splits are in place, the old ones in {src}')
             raise DataError(f'{out}: cannot move the old splits aside to {kept} ({e.strerror}); '
-                            'nothing was changed') from None
+                            + done) from None
     raise DataError(f'{out}: too many backups named {out.name}.old-{stamp}-*; remove some')
+
+def _exchange(a:Path, b:Path) -> bool:
+    ("Swap folders `a` and `b` in one atomic step (Linux's `renameat2` with `RENAME_EXCHANGE`), "
+     "so that `b` always holds a complete set; False where the system cannot (nothing moved).")
+    try:
+        import ctypes
+        f = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False
+    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, exchange = -100, 2
+    return f(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), exchange) == 0
 
 # %% ../nbs/03_splits.ipynb #0f2673a8
 def _dedupe(scan) -> list:
@@ -250,7 +266,7 @@ def _dedupe(scan) -> list:
     for p, k in removed: logger.warning(f'--dedupe: left out {p} (identical to {k})')
     return removed
 
-# %% ../nbs/03_splits.ipynb #61e9c8e3
+# %% ../nbs/03_splits.ipynb #310cbc53
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -389,11 +405,14 @@ def make_splits(
     try:
         for n, t in texts.items(): atomic_write(tmp/n, t)
         atomic_write(tmp/MANIFEST, json.dumps(manifest, indent=1) + '\n')
-        if out.exists():
-            kept = _move_aside(out)
-            logger.info(f'previous splits kept in {kept}')
-        os.replace(tmp, out)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        if out.exists() and _exchange(tmp, out):   # the new set in place in one step: a kill
+            old_set, tmp = tmp, None                  # at any moment leaves a whole set there
+            logger.info(f'previous splits kept in {_move_aside(out, old_set)}')
+        else:
+            if out.exists(): logger.info(f'previous splits kept in {_move_aside(out)}')
+            os.replace(tmp, out)
+    finally:
+        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
     return SplitResult(out, manifest, written=True)
 
 # %% ../nbs/03_splits.ipynb #a02f789d
