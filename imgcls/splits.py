@@ -266,7 +266,7 @@ def _dedupe(scan) -> list:
     for p, k in removed: logger.warning(f'--dedupe: left out {p} (identical to {k})')
     return removed
 
-# %% ../nbs/03_splits.ipynb #310cbc53
+# %% ../nbs/03_splits.ipynb #127e6cb4
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -315,15 +315,14 @@ def make_splits(
         except re.error as e:
             raise DataError(f"--group_by '{group_by}' is not a valid regex ({e})") from None
     old = read_manifest(out) if out.exists() else None
-    if (old is not None and not force and old.get('raw_hash') == raw_hash
-            and all(old.get(k) == v for k, v in settings.items()) and _intact(out, old)):
+    same = (old is not None and old.get('raw_hash') == raw_hash
+            and all(old.get(k) == v for k, v in settings.items()))   # data and settings
+    if same and not force and _intact(out, old):
         rejected = [(r['path'], r['reason']) for r in old.get('rejected') or []]
         if rejected and bad_images == 'error': raise _unusable(rejected)
         logger.info(f'{out}: splits are up to date ({folds} folds, seed {seed})')
         return SplitResult(out, old, written=False)
     if out.exists() and not force:
-        same = (old is not None and old.get('raw_hash') == raw_hash
-                and all(old.get(k) == v for k, v in settings.items()))
         raise DataError(f'{out} ' + ('has index files edited or removed since ml-split wrote '
                                      'them' if same else 'already exists with other data or '
                                      'settings')
