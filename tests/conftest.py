@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import fresh_copy
 
 TINY_PER_CLASS = 10   # 100 images: enough for 5 folds plus a test set, quick to split
 
@@ -32,17 +33,13 @@ def _tiny_split_pristine(tmp_path_factory, _tiny_pristine) -> Path:
 @pytest.fixture
 def tiny(tmp_path, _tiny_pristine) -> Path:
     "A fresh copy of the tiny dataset at `tmp_path/data/tiny` (run commands with cwd=tmp_path)."
-    d = tmp_path / 'data' / 'tiny'
-    shutil.copytree(_tiny_pristine, d)
-    return d
+    return fresh_copy(_tiny_pristine, tmp_path / 'data' / 'tiny')
 
 
 @pytest.fixture
 def tiny_split(tmp_path, _tiny_split_pristine) -> Path:
     "A fresh copy of the tiny dataset with its 2-fold splits, at `tmp_path/data/tiny`."
-    d = tmp_path / 'data' / 'tiny'
-    shutil.copytree(_tiny_split_pristine, d)
-    return d
+    return fresh_copy(_tiny_split_pristine, tmp_path / 'data' / 'tiny')
 
 
 # ---------------------------------------------------------------- the fault suite's figure
@@ -164,9 +161,7 @@ def _tiny_run_pristine(tmp_path_factory, _tiny_split_pristine) -> Path:
 @pytest.fixture
 def tiny_run(tmp_path, _tiny_run_pristine) -> Path:
     "A fresh copy of the `_tiny_run_pristine` project (run commands with cwd=tiny_run)."
-    d = tmp_path / 'project'
-    shutil.copytree(_tiny_run_pristine, d)
-    return d
+    return fresh_copy(_tiny_run_pristine, tmp_path / 'project')
 
 
 # ---------------------------------------------------------------- trained projects, shared
@@ -205,9 +200,7 @@ def _my_project_pristine(tmp_path_factory) -> Path:
 @pytest.fixture
 def my_project(tmp_path, _my_project_pristine) -> Path:
     "A fresh copy of the trained project (run commands with cwd=my_project)."
-    d = tmp_path / 'project'
-    shutil.copytree(_my_project_pristine, d)
-    return d
+    return fresh_copy(_my_project_pristine, tmp_path / 'project')
 
 
 @pytest.fixture(scope='session')
@@ -223,6 +216,4 @@ def _my_cv_pristine(tmp_path_factory, _my_project_pristine) -> Path:
 @pytest.fixture
 def my_cv_project(tmp_path, _my_cv_pristine) -> Path:
     "A fresh copy of the cross-validation project."
-    d = tmp_path / 'cv_project'
-    shutil.copytree(_my_cv_pristine, d)
-    return d
+    return fresh_copy(_my_cv_pristine, tmp_path / 'cv_project')

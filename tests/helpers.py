@@ -100,6 +100,12 @@ def tiny_config(root, path='configs/tiny_config.yaml', **over) -> Path:
     return p
 
 
+def fresh_copy(src, dest) -> Path:
+    "Copy the folder `src` (a fixture built once a session) to `dest`, for one test to change."
+    shutil.copytree(src, dest)
+    return Path(dest)
+
+
 def tree_hash(path) -> dict:
     "`{relative path: sha256}` of every file under `path` ({} when it does not exist)."
     path = Path(path)

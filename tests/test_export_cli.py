@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from helpers import assert_clean_error, assert_ok, error_lines, run, run_py, show
+from helpers import assert_clean_error, assert_ok, error_lines, fresh_copy, run, run_py, show
 
 RUN, MP_RUN, ACC_RUN = 'runs/standard', 'runs/mixed_precision', 'runs/accelerate'
 RUNS = (RUN, MP_RUN, ACC_RUN)
@@ -59,9 +59,7 @@ def train_and_rename(root: Path, cfg, dest: str, *args):
 @pytest.fixture
 def project(tmp_path, _trained) -> Path:
     "A fresh copy of the trained project (run commands with cwd=project)."
-    d = tmp_path / 'project'
-    shutil.copytree(_trained, d)
-    return d
+    return fresh_copy(_trained, tmp_path / 'project')
 
 
 def meta_of(path) -> dict:
@@ -571,9 +569,7 @@ def _cv_trained(tmp_path_factory, _trained) -> Path:
 @pytest.fixture
 def cv_project(tmp_path, _cv_trained) -> Path:
     "A fresh copy of the project with its cross-validation folder."
-    d = tmp_path / 'project'
-    shutil.copytree(_cv_trained, d)
-    return d
+    return fresh_copy(_cv_trained, tmp_path / 'project')
 
 
 def test_cv_folder_exports_one_ensemble_graph(cv_project):

@@ -84,14 +84,18 @@ def one_clear_line(code, err, *needles) -> str:
     return lines[0]
 
 
+
+def refuses_each(project, lost_bytes, command, bad: dict, after_path: str = ''):
+    "`command` on each bad checkpoint (`{name: (path, needles)}`): one clear line, with the path."
+    lost_bytes.watch(project / 'runs', project / 'bad')
+    flags = COMMANDS[command][2]
+    results = run_cases(project, command, [[*flags, path] for path, _ in bad.values()])
+    for (path, needles), (code, _, err) in zip(bad.values(), results):
+        one_clear_line(code, err, f'{path}{after_path}', *needles)
+
 @pytest.mark.parametrize('command', list(COMMANDS))
 def test_damaged_checkpoints_are_one_clear_error_with_the_path(tiny_run, lost_bytes, command):
-    bad = damaged_checkpoints(tiny_run)
-    lost_bytes.watch(tiny_run / 'runs', tiny_run / 'bad')
-    flags = COMMANDS[command][2]
-    results = run_cases(tiny_run, command, [[*flags, path] for path, _ in bad.values()])
-    for (path, needles), (code, _, err) in zip(bad.values(), results):
-        one_clear_line(code, err, f'{path}: ', *needles)
+    refuses_each(tiny_run, lost_bytes, command, damaged_checkpoints(tiny_run), ': ')
     assert not (tiny_run / 'pwned').exists(), 'a checkpoint ran code while loading'
     assert not list((tiny_run / 'bad').glob('*.onnx'))
     assert not (tiny_run / 'runs' / 'tiny_fold_0_2').exists()
@@ -170,12 +174,7 @@ def misfit_checkpoints(project: Path) -> dict:
 
 @pytest.mark.parametrize('command', ['ml-inference', 'ml-export'])
 def test_weights_of_another_model_list_the_keys(tiny_run, lost_bytes, command):
-    bad = misfit_checkpoints(tiny_run)
-    lost_bytes.watch(tiny_run / 'runs', tiny_run / 'bad')
-    flags = COMMANDS[command][2]
-    results = run_cases(tiny_run, command, [[*flags, path] for path, _ in bad.values()])
-    for (path, needles), (code, _, err) in zip(bad.values(), results):
-        one_clear_line(code, err, path, *needles)
+    refuses_each(tiny_run, lost_bytes, command, misfit_checkpoints(tiny_run))
     assert not list((tiny_run / 'bad').glob('*.onnx'))
     assert lost_bytes.check() == 0
 

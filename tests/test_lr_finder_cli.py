@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_clean_error, assert_ok, assert_usage_error, run, run_py, tree_hash
+from helpers import (assert_clean_error, assert_ok, assert_usage_error, fresh_copy, run, run_py,
+                     tree_hash)
 
 CONFIG = 'configs/my_dataset_config.yaml'
 
@@ -35,9 +35,7 @@ def _project_pristine(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(tmp_path, _project_pristine) -> Path:
     "A fresh copy of the project (run commands with cwd=project)."
-    d = tmp_path / 'project'
-    shutil.copytree(_project_pristine, d)
-    return d
+    return fresh_copy(_project_pristine, tmp_path / 'project')
 
 
 def finder_runs(root: Path) -> list[Path]:

@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_clean_error, assert_ok, command, env, run, show
+from helpers import assert_clean_error, assert_ok, command, env, fresh_copy, run, show
 from PIL import Image
 
 CHROMIUM = Path('/usr/bin/chromium')
@@ -68,8 +67,7 @@ def _study_pristine(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def study_project(tmp_path, _study_pristine) -> tuple[Path, str]:
-    d = tmp_path / 'study_project'
-    shutil.copytree(_study_pristine, d)
+    d = fresh_copy(_study_pristine, tmp_path / 'study_project')
     return d, f"sqlite:///{(d / 'runs' / 'optuna_studies' / 'my_study.db').as_posix()}"
 
 
