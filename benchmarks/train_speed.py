@@ -160,7 +160,7 @@ def main():
     if a.child: return child(a.child, root, a.size, a.batch, a.epochs)
     make_data(root, a.images)
     from imgcls.core import describe_cpu
-    from imgcls.trainer import cpu_supports_bf16
+    from imgcls.training import cpu_supports_bf16
     skipped = {}
     if not cpu_supports_bf16() and not a.emulated:
         skipped['imgcls mixed_precision'] = (

@@ -235,8 +235,7 @@ def step_seconds(cfg, # a resolved config: the model, input size, batch size and
     "Seconds one training step of `cfg` takes on this machine, measured on random images."
     import torch
     from imgcls.models import get_model
-    from imgcls.trainer import autocast_dtype
-    from imgcls.training import get_device
+    from imgcls.training import autocast_dtype, get_device
     dev = get_device(cfg.training.device)
     model = get_model(cfg, num_classes).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -13,8 +13,9 @@ from .core import ConfigError, atomic_write, first_line
 
 # %% auto #0
 __all__ = ['TEMPLATE_PATH', 'TRAINER_MODULES', 'FLAG_KEYS', 'MAX_RUN_NAME', 'parse_yaml', 'load_yaml', 'template_text', 'Config',
-           'default_config', 'flatten_config', 'valid_keys', 'nearest_key', 'validate_config', 'parse_value',
-           'parse_overrides', 'cli_overrides', 'load_config', 'save_config', 'run_name', 'create_run_dir']
+           'default_config', 'flatten_config', 'valid_keys', 'config_changes', 'nearest_key', 'validate_config',
+           'parse_value', 'parse_overrides', 'cli_overrides', 'load_config', 'save_config', 'run_name',
+           'create_run_dir']
 
 # %% ../nbs/01_config.ipynb #046cfe79
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -103,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #ba3035b0
+# %% ../nbs/01_config.ipynb #bfbf7cc3
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -177,6 +178,18 @@ def flatten_config(d, prefix=''):
 def valid_keys() -> list[str]:
     "Every dotted key a config file may set."
     return list(flatten_config(default_config()))
+
+_RESULT_FREE = ('data.num_workers', 'training.device', 'data.pin_memory', 'data.cache',
+                'data.cache_max_gb', 'output.runs_dir', 'search', 'training.limit_val_batches',
+                'evaluation')  # where the run goes and how fast: not what it learns
+
+def config_changes(old:dict, new:dict) -> list[str]:
+    ("Dotted keys whose values differ between two configs, ignoring those that do not change "
+     "a run's result.")
+    a, b = flatten_config(old), flatten_config(new)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k)
+            and not any(k == f or k.startswith(f + '.') for f in _RESULT_FREE)]
 
 # %% ../nbs/01_config.ipynb #4f55f0a7
 def nearest_key(key:str, keys:list[str]|None=None) -> str|None:

@@ -15,7 +15,7 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['TEMPERATURE_RANGE', 'compute_metrics', 'classification_report_text', 'predict', 'evaluate', 'tta_views', 'TTA',
-           'calibration_bins', 'expected_calibration_error', 'fit_temperature', 'plot_reliability',
+           'calibration_bins', 'expected_calibration_error', 'fit_temperature', 'plot_reliability', 'plot_history',
            'plot_confusion_matrix', 'write_report']
 
 # %% ../nbs/08_evaluation.ipynb #0aa3be75
@@ -184,6 +184,22 @@ def plot_reliability(probs, labels, n_bins:int=15, title:str|None=None, label:st
     ax.legend(loc='upper left', fontsize=8)
     if title: ax.set_title(title)
     return fig or ax.figure
+
+# %% ../nbs/08_evaluation.ipynb #118968ed
+def plot_history(history:list[dict], # a run's history rows (`epoch`, `train_loss`, `val_acc`, ...)
+                ):
+    "Loss and accuracy curves, train and validation, by epoch."
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    ep = [r['epoch'] for r in history]
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, m in zip(axs, ('loss', 'acc')):
+        for split in ('train', 'val'):
+            ax.plot(ep, [r[f'{split}_{m}'] for r in history], label=split)
+        ax.set_title('loss' if m == 'loss' else 'accuracy'); ax.set_xlabel('epoch'); ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # whole epochs
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/08_evaluation.ipynb #81eb9c43
 def plot_confusion_matrix(cm, classes:list, normalize:bool=False, title:str|None=None):

@@ -19,8 +19,8 @@ from .core import (ConfigError, DataError, atomic_write, close_log_file, logger,
                          progress_bar, seed_everything, setup_logging)
 from .data import get_dataloaders, get_datasets
 from .models import get_model
-from .trainer import autocast_dtype
-from .training import TrainingError, build_criterion, build_optimizer, get_device
+from .training import (TrainingError, autocast_dtype, build_criterion, build_optimizer,
+                             get_device)
 
 # %% auto #0
 __all__ = ['suggest_lrs', 'LRFinder', 'find_lr']

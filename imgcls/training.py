@@ -14,11 +14,11 @@ from .core import ConfigError, ImgclsError, logger
 from .models import head_names
 
 # %% auto #0
-__all__ = ['MONITOR_MODE', 'MONITOR_KEY', 'TrainingError', 'TrainingInterrupted', 'get_device', 'build_criterion',
-           'build_optimizer', 'LRSchedule', 'lr_schedule', 'build_scheduler', 'EarlyStopping', 'Callback', 'make_mixer',
-           'ModelEMA']
+__all__ = ['MONITOR_MODE', 'MONITOR_KEY', 'TrainingError', 'TrainingInterrupted', 'get_device', 'cpu_supports_bf16',
+           'autocast_dtype', 'build_criterion', 'build_optimizer', 'LRSchedule', 'lr_schedule', 'build_scheduler',
+           'EarlyStopping', 'not_learning', 'Callback', 'make_mixer', 'ModelEMA']
 
-# %% ../nbs/08a_training.ipynb #e60339fa
+# %% ../nbs/08a_training.ipynb #f0c30fd8
 class TrainingError(ImgclsError):
     "Training cannot go on (for example, the loss stayed NaN)."
 
@@ -45,6 +45,18 @@ def get_device(name:str='cuda') -> torch.device:
         logger.warning(f'training.device {name}: MPS is not available; using the CPU')
         return torch.device('cpu')
     return dev
+
+def cpu_supports_bf16() -> bool:
+    "Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)?"
+    try: return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError: return False
+
+def autocast_dtype(cfg:Config, # the run's config (training.trainer_type, training.amp_dtype)
+                   device:torch.device, # where it trains
+                  ) -> torch.dtype|None:
+    "The dtype mixed precision autocasts to on `device` (None for the other trainers)."
+    if cfg.training.trainer_type != 'mixed_precision': return None
+    return getattr(torch, cfg.training.amp_dtype) if device.type == 'cuda' else torch.bfloat16
 
 # %% ../nbs/08a_training.ipynb #808773a8
 def build_criterion(cfg:Config, targets:list[int], num_classes:int,
@@ -184,6 +196,29 @@ class EarlyStopping:
     def should_stop(self) -> bool: return self.patience > 0 and self.bad_epochs >= self.patience
     def state_dict(self) -> dict: return dict(vars(self))
     def load_state_dict(self, d:dict): vars(self).update(d)
+
+# %% ../nbs/08a_training.ipynb #d49c55e2
+def not_learning(cfg:Config, # the run's config
+                 row:dict, # the epoch's history row (`epoch`, `val_balanced_acc`)
+                 targets, # the training labels
+                 num_classes:int,
+                 steps_per_epoch:int, # optimizer steps an epoch
+                ) -> str|None:
+    "The warning for a run still near chance at 40% of its epochs, or None."
+    E, k = cfg.training.num_epochs, num_classes
+    if E < 4 or row['epoch'] != max(2, math.ceil(0.4 * E)) or k < 2: return None
+    chance, v = 1 / k, row['val_balanced_acc']
+    if v >= chance + 0.1 * (1 - chance): return None
+    counts = torch.bincount(torch.as_tensor(targets), minlength=k)
+    a = cfg.augmentation
+    aug = ', '.join(f'{n} {getattr(a, n)}' for n in ('scale', 'rotation', 'color_jitter',
+                    'random_erasing', 'policy') if getattr(a, n) not in (0, 0.0, 'none'))
+    return (f"not learning: validation balanced accuracy {v:.3f} after {row['epoch']} of {E} "
+            f"epochs is near chance ({chance:.3f} for {k} classes). Check: {steps_per_epoch} "
+            f"optimizer step(s) an epoch (aim for 10 or more: a smaller training.batch_size, now "
+            f"{cfg.training.batch_size}); optimizer.lr {cfg.optimizer.lr} (ml-lr-finder suggests "
+            f"one); augmentation strength ({aug or 'none'}); class balance (training images a "
+            f"class {int(counts.min())}-{int(counts.max())})")
 
 # %% ../nbs/08a_training.ipynb #e5d8c6db
 class Callback:

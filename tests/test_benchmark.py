@@ -28,7 +28,7 @@ def test_train_speed_benchmark_prints_every_row(tmp_path):
         assert m, f'no table row for {name}\n{show(res)}'
         assert all(float(v) > 0 for v in m.groups()), m.group(0)
     assert re.search(r'^limit\s+\S+\s+\S+\s+1\.00\s+', res.stdout, re.M), res.stdout
-    from imgcls.trainer import cpu_supports_bf16
+    from imgcls.training import cpu_supports_bf16
     if cpu_supports_bf16():  # native bf16: measured and compared with standard
         assert re.search(rf'^{MP}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+x\s+\d+$', res.stdout, re.M)
         assert 'mixed precision vs standard (steady): ' in res.stdout
