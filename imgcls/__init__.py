@@ -5,7 +5,7 @@ __version__ = "0.0.1"
 _MODULES = ['core', 'config', 'images', 'splits', 'data', 'checkpoint', 'models', 'evaluation',
             'training', 'run_files', 'trainer', 'distributed', 'privacy', 'crossval', 'runs',
             'autoconfig', 'lr_finder', 'inference', 'onnx_runtime', 'export', 'export_checks',
-            'search_space', 'search', 'visualise', 'analysis']
+            'search_spaces', 'search', 'visualise', 'analysis']
 
 
 def _public() -> dict:

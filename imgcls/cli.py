@@ -325,7 +325,7 @@ def export(checkpoint:str, # a .pt file, run folder, CV folder (ml-train --fold 
 
 def ml_export(argv=None): return run_cli(export, 'ml-export', argv)
 
-# %% ../nbs/90_cli.ipynb #637b28f5
+# %% ../nbs/90_cli.ipynb #7faffc7f
 VISUALISE_MODES = ('launch', 'samples', 'predictions', 'search')  # ml-visualise --mode
 
 def visualise(mode:str, # launch | samples | predictions | search
@@ -354,6 +354,10 @@ def visualise(mode:str, # launch | samples | predictions | search
     setup_logging()
     if mode not in VISUALISE_MODES:
         raise ConfigError(f"--mode must be one of {', '.join(VISUALISE_MODES)}, got '{mode}'")
+    out = Path(output) if output is not None and mode != 'launch' else None
+    if out is not None and (out.is_file() or out.is_symlink() and not out.is_dir()):
+        raise ConfigError(f'--output {output} is a file: it names the folder to write the figures '
+                          'into (an existing file is never replaced)')
     if mode == 'launch':
         if run_dir is None and config is not None:
             from imgcls.config import load_config

@@ -362,18 +362,29 @@ class LiveTable:
         if self.handle is None: self.handle = display(HTML(self._repr_html_()), display_id=True)
         else: self.handle.update(HTML(self._repr_html_()))
 
-# %% ../nbs/00_core.ipynb #8a6f9c43
+# %% ../nbs/00_core.ipynb #5f99de36
 def require(*modules:str, # modules to import, e.g. 'opacus' or 'onnxruntime'
             what:str, # what needs them, e.g. "training.trainer_type 'dp'"
             extra:str, # the pip extra that installs them: imgcls[EXTRA]
             error:type=ConfigError, # the `ImgclsError` class to raise
            ) -> list:
     "The imported `modules`, or an `error` saying what needs the missing one and how to install it."
-    import importlib
+    import importlib, importlib.util
     try: return [importlib.import_module(m) for m in modules]
     except ModuleNotFoundError as e:
-        raise error(f"{what} needs {(e.name or modules[0]).partition('.')[0]}, which is not "
-                    f"installed here: pip install 'imgcls[{extra}]'") from None
+        c, seen = e, set()
+        while c is not None and id(c) not in seen:  # Ctrl-C inside a library's import fallback
+            if isinstance(c, KeyboardInterrupt): raise KeyboardInterrupt from None
+            seen.add(id(c)); c = c.__cause__ or c.__context__
+        name = (e.name or next((m for m in modules if m not in sys.modules), modules[0]))
+        name = name.partition('.')[0]
+        try: installed = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError): installed = False
+        if installed:  # there, but its import failed: say so rather than "not installed"
+            raise error(f'{what} needs {name}, which is installed but did not import: '
+                        f'{first_line(e, 200)}') from None
+        raise error(f"{what} needs {name}, which is not installed here: "
+                    f"pip install 'imgcls[{extra}]'") from None
 
 def first_line(e:BaseException, # any exception
                limit:int=300, # at most this many characters

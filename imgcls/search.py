@@ -1,4 +1,4 @@
-"""Optuna over the config's `search:` section: one run folder a trial, pruning fed by every epoch, a study kept in SQLite or a PostgreSQL/MySQL server shared by several workers, heartbeats that fail and retry a killed worker's trial, and a `best_config.yaml` that `ml-train` takes as it is. What a trial draws (the search space, TPE, random, CMA-ES or grid sampling, the pruner) is on [Search spaces](search_space.html).
+"""Optuna over the config's `search:` section: one run folder a trial, pruning fed by every epoch, a study kept in SQLite or a PostgreSQL/MySQL server shared by several workers, heartbeats that fail and retry a killed worker's trial, and a `best_config.yaml` that `ml-train` takes as it is. What a trial draws (the search space, TPE, random, CMA-ES or grid sampling, the pruner) is on [Search spaces](search_spaces.html).
 
 Docs: https://imgcls.github.io/imgcls/search.html.md"""
 
@@ -17,7 +17,7 @@ from .core import (ConfigError, ImgclsError, atomic_write, close_log_file, logge
                          progress_bar, setup_logging)
 from .trainer import get_trainer
 from .training import MONITOR_MODE, Callback, TrainingError
-from .search_space import (SEARCH_METRICS, apply_params, build_pruner, build_sampler,
+from .search_spaces import (SEARCH_METRICS, apply_params, build_pruner, build_sampler,
                                  check_search_space, import_optuna, suggest_params)
 
 # %% auto #0

@@ -116,3 +116,62 @@ def test_a_relative_data_dir_says_where_it_was_read_from(my_project):
     assert_clean_error(res, 'data/my_dataset: no such dataset folder (a relative path is read '
                             f'from the current folder, {elsewhere})')
     assert not (elsewhere / 'runs').exists()
+
+
+@pytest.mark.fault
+def test_a_link_that_breaks_after_splitting_is_one_line_at_training(my_project, lost_bytes):
+    "An image that is a link, split, then its target deleted: ml-train says to re-split."
+    raw = my_project / 'data' / 'my_dataset' / 'raw'
+    target = my_project / 'elsewhere.png'
+    img = sorted((raw / '3').iterdir())[0]
+    shutil.move(img, target)
+    img.symlink_to(target)
+    assert_ok(run(['ml-split', '--raw_data', 'data/my_dataset/raw', '--folds', 2, '--force'],
+                  my_project))
+    target.unlink()
+    lost_bytes.watch(my_project / 'runs', my_project / 'data' / 'my_dataset' / 'splits')
+    res = run(['ml-train', '--config', 'configs/my_dataset_config.yaml'], my_project)
+    assert_clean_error(res, 'data/my_dataset/splits was made from another version of '
+                            'data/my_dataset/raw', '--force')
+    assert sorted(p.name for p in (my_project / 'runs').iterdir()) == ['my_run']
+    assert lost_bytes.check() == 0
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize('mode', ['samples', 'predictions'])
+def test_visualise_output_naming_a_file_is_refused(my_project, lost_bytes, mode):
+    "ml-visualise --output names a folder; a file there (the run's weights, say) is kept."
+    lost_bytes.watch(my_project / 'runs')
+    for out in (BEST, 'runs/my_run/config.yaml'):
+        assert_clean_error(run(['ml-visualise', '--mode', mode, '--run_dir', 'runs/my_run',
+                                '--output', out], my_project),
+                           f'--output {out} is a file', 'folder')
+    assert not (my_project / 'runs' / 'my_run' / 'visualise').exists()
+    assert lost_bytes.check() == 0
+
+
+def _umask() -> int:
+    import os
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+
+@pytest.mark.fault
+def test_files_get_the_users_umask_not_0600(my_project):
+    "What imgcls writes is readable as the user's umask says (a colleague, a serving process)."
+    import os
+    import subprocess
+    from helpers import command, env
+    um = _umask()
+    run_dir, splits = my_project / 'runs' / 'my_run', my_project / 'data' / 'my_dataset' / 'splits'
+    for f in (run_dir / 'weights' / 'best.pt', run_dir / 'config.yaml', run_dir / 'summary.json',
+              splits / 'test.txt'):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~um, (f, oct(f.stat().st_mode), oct(um))
+    assert splits.stat().st_mode & 0o777 == 0o777 & ~um, oct(splits.stat().st_mode)
+    # and under another umask, through the command
+    res = subprocess.run([command('ml-split'), '--raw_data', 'data/my_dataset/raw', '--folds', '2',
+                          '--force'], cwd=my_project, capture_output=True, text=True, env=env(),
+                         preexec_fn=lambda: os.umask(0o027))
+    assert res.returncode == 0, res.stderr
+    assert splits.stat().st_mode & 0o777 == 0o750, oct(splits.stat().st_mode)
+    assert {oct(f.stat().st_mode & 0o777) for f in splits.iterdir() if f.is_file()} == {'0o640'}
