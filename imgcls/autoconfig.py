@@ -119,8 +119,8 @@ def machine_info() -> dict:
     return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
                 bf16=bool(cpu_features()['bf16']))
 
-# %% ../nbs/09e_autoconfig.ipynb #0ff5de66
-MIN_IMAGES = 16_000  # training images seen in all at least: a small set takes many epochs
+# %% ../nbs/09e_autoconfig.ipynb #91ce5844
+MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
 LR = 3e-3            # AdamW's one-cycle peak at every batch size from 8 to 128
@@ -227,7 +227,7 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                                     'choices': sorted({max(8, bs // 2), bs, bs * 2})},
             'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2}}
 
-# %% ../nbs/09e_autoconfig.ipynb #a53b3a9f
+# %% ../nbs/09e_autoconfig.ipynb #a7517a90
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)

@@ -23,7 +23,7 @@ __all__ = ['POLICIES', 'base_transform', 'train_transform', 'eval_transform', 'c
            'get_datasets', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders', 'denormalize',
            'show_batch']
 
-# %% ../nbs/05_data.ipynb #00cf92f4
+# %% ../nbs/05_data.ipynb #5011a7f1
 def base_transform(img, # a PIL image, already RGB
                    resize_size:int, # target length of the shorter side
                   ) -> torch.Tensor:
@@ -38,7 +38,7 @@ def train_transform(cfg:Config) -> v2.Compose:
     a, size = cfg.augmentation, cfg.data.image_size
     t = [v2.RandomResizedCrop(size, scale=tuple(a.scale), antialias=True) if a.random_resized_crop
          else v2.CenterCrop(size)]
-    if a.pad_crop > 0: t.append(v2.RandomCrop(size, padding=a.pad_crop))
+    if a.pad_crop > 0: t.append(v2.RandomCrop(size, padding=a.pad_crop, padding_mode='edge'))
     if a.horizontal_flip > 0: t.append(v2.RandomHorizontalFlip(a.horizontal_flip))
     if a.policy != 'none': t.append(POLICIES[a.policy]())
     if a.vertical_flip > 0: t.append(v2.RandomVerticalFlip(a.vertical_flip))
@@ -54,7 +54,7 @@ def eval_transform(cfg:Config) -> v2.Compose:
     return v2.Compose([v2.CenterCrop(cfg.data.image_size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(a.mean, a.std)])
 
-# %% ../nbs/05_data.ipynb #cd878e09
+# %% ../nbs/05_data.ipynb #a8ac1bd3
 class _Batch(tuple):
     "An already collated (images, labels) batch."
 
@@ -85,7 +85,7 @@ class BatchAugment:
         b = self._crop_boxes(hw)
         if self.pad <= 0: return b
         shift = torch.randint(-self.pad, self.pad + 1, (len(hw), 2)).float()
-        return b + shift.repeat(1, 2)  # beyond the image edge roi_align reads black, as padding
+        return b + shift.repeat(1, 2)  # may reach `pad` px beyond the edge (padded in __call__)
 
     def _crop_boxes(self, hw:torch.Tensor) -> torch.Tensor:
         h, w = hw[:, 0:1].float(), hw[:, 1:2].float()
@@ -113,10 +113,16 @@ class BatchAugment:
         S = self.size
         if not xs: return torch.empty(0, 3, S, S)
         hw = torch.tensor([x.shape[1:] for x in xs])
-        H, W = int(hw[:, 0].max()), int(hw[:, 1].max())
+        boxes = self.boxes(hw)
+        if self.pad > 0:  # the border a shift uncovers repeats the edge pixels (no black frame)
+            p = self.pad
+            xs = [torch.nn.functional.pad(x[None].float(), (p, p, p, p), mode='replicate')[0]
+                  for x in xs]
+            boxes = boxes + p
+        H, W = max(x.shape[1] for x in xs), max(x.shape[2] for x in xs)
         batch = torch.zeros(len(xs), 3, H, W)
         for i, x in enumerate(xs): batch[i, :, :x.shape[1], :x.shape[2]] = x
-        boxes = torch.cat([torch.arange(len(xs)).float()[:, None], self.boxes(hw)], 1)
+        boxes = torch.cat([torch.arange(len(xs)).float()[:, None], boxes], 1)
         out = roi_align(batch, boxes, (S, S), spatial_scale=1.0, sampling_ratio=0, aligned=True)
         for p, dim in ((self.hflip, -1), (self.vflip, -2)):
             if p > 0:
