@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 BIN = Path(sys.executable).parent
@@ -209,3 +210,32 @@ def make_damaged_dataset(data_dir) -> dict:
                  'raw/a/.ipynb_checkpoints/good_0-checkpoint.png', 'raw/.thumbnails/t.png',
                  'raw/.DS_Store'},
     )
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+CHROMIUM = Path('/usr/bin/chromium')
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason='Debian chromium is not installed (/usr/bin/chromium); .ci/services.sh installs it')
+
+
+def dump_dom(url: str, tmp_path: Path, screenshot: Path | None = None,
+             extra: tuple = ()) -> str:
+    """The DOM headless Chromium renders for `url`, with DNS for every host name switched off
+    (so nothing can be fetched from the network); with `screenshot`, also a PNG of the page."""
+    profile = tmp_path / 'chromium-profile'
+    profile.mkdir(exist_ok=True)
+    args = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+            '--no-first-run', '--disable-background-networking', '--disable-component-update',
+            '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+            f'--user-data-dir={profile}', '--window-size=1600,2400',
+            '--virtual-time-budget=10000', *extra, '--dump-dom', url]
+    e = {**os.environ, 'HOME': str(tmp_path)}
+    res = subprocess.run(args, capture_output=True, text=True, timeout=180, env=e)
+    assert res.returncode == 0, show(res)
+    if screenshot is not None:
+        shot = subprocess.run([*args[:-2], f'--screenshot={screenshot}', url], capture_output=True,
+                              text=True, timeout=180, env=e)
+        assert shot.returncode == 0 and Path(screenshot).is_file(), show(shot)
+    return res.stdout

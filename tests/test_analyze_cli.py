@@ -1,11 +1,18 @@
 """`ml-analyze` as users run it (SPEC.md): on a run folder and on a cross-validation folder, one
-self-contained HTML report and analysis.json; bad input is one clear line."""
+self-contained HTML report and analysis.json, drawn offline by headless Chromium; label issues that
+find flipped labels; curation that `ml-split` honours; bad input is one clear line."""
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
-from helpers import assert_clean_error, assert_ok, run
+import numpy as np
+import yaml
+from helpers import (assert_clean_error, assert_ok, dump_dom, needs_chromium, run,
+                     tiny_config)
+from PIL import Image
 
 
 def test_spec_lines_write_the_report(my_project, my_cv_project):
@@ -37,3 +44,88 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_split):
     assert_clean_error(run(['ml-analyze', 'runs/x'], tmp_path), 'runs/x/weights/best.pt')
     assert_clean_error(run(['ml-analyze', 'runs/x', '--split', 'train'], tmp_path),
                        'split must be test or val')
+
+
+ARTEFACTS = Path(os.environ.get('IMGCLS_TEST_ARTEFACTS', Path(__file__).parent / 'artefacts'))
+SECTIONS = ('per-class', 'confusion', 'most-confused', 'top-losses', 'heatmaps-top-losses',
+            'heatmaps-correct', 'outliers', 'near-duplicates')
+
+
+@needs_chromium
+def test_report_renders_offline_in_chromium(my_project, tmp_path):
+    "Every section drawn by a real browser, no request but file: and data: (net log), a screenshot."
+    assert_ok(run(['ml-analyze', 'runs/my_run'], my_project))
+    page = my_project / 'runs' / 'my_run' / 'analysis' / 'report.html'
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shot, netlog = ARTEFACTS / 'analysis_report.png', tmp_path / 'netlog.json'
+    dom = dump_dom(page.as_uri(), tmp_path, screenshot=shot, extra=(f'--log-net-log={netlog}',))
+    for s in SECTIONS: assert f'id="{s}"' in dom, s
+    assert dom.count('<img src="data:image/png;base64,') >= 20
+    urls = set(re.findall(r'"url":"([^"]+)"', netlog.read_text(errors='replace')))
+    assert urls and all(u.startswith(('file:', 'data:')) for u in urls), sorted(urls)[:5]
+    im = Image.open(shot).convert('L')
+    lo, hi = im.getextrema()
+    assert im.size[0] >= 800 and hi - lo > 100, (im.size, lo, hi)   # drawn, not a blank page
+
+
+def test_flipped_labels_are_found_among_the_label_issues(tmp_path):
+    """5% of the digits moved into another class's folder; after `ml-train --fold all`,
+    `ml-analyze` ranks at least 80% of them (those outside the test set) in its top 2k."""
+    from imgcls.images import make_sample_dataset
+    raw = make_sample_dataset(tmp_path / 'data' / 'flipped', size=16)
+    rng = np.random.default_rng(0)
+    files = sorted(raw.rglob('*.png'))
+    flipped = set()
+    for f in rng.choice(files, size=round(0.05 * len(files)), replace=False):
+        to = str(rng.choice([c for c in range(10) if str(c) != f.parent.name]))
+        dest = raw / to / f'flipped_{f.parent.name}_{f.name}'
+        f.rename(dest)
+        flipped.add(dest.relative_to(raw.parent).as_posix())
+    assert_ok(run(['ml-split', '--raw_data', 'data/flipped/raw', '--folds', 5], tmp_path))
+    test = set((raw.parent / 'splits' / 'test.txt').read_text().split())
+    k = len(flipped - test)
+    cfg = {'data': {'data_dir': 'data/flipped', 'image_size': 16, 'resize_size': 16,
+                    'num_workers': 0},
+           'augmentation': {'horizontal_flip': 0.0, 'random_resized_crop': False, 'pad_crop': 2},
+           'model': {'type': 'custom', 'custom_architecture': 'small_resnet'},
+           'optimizer': {'type': 'adamw', 'lr': 0.003, 'weight_decay': 0.05},
+           'scheduler': {'type': 'onecycle'}, 'loss': {'label_smoothing': 0.1},
+           'training': {'num_epochs': 6, 'batch_size': 64, 'device': 'cpu',
+                        'early_stopping_patience': 0, 'trainer_type': 'standard'}}
+    (tmp_path / 'configs').mkdir()
+    (tmp_path / 'configs' / 'flipped.yaml').write_text(yaml.safe_dump(cfg))
+    assert_ok(run(['ml-train', '--config', 'configs/flipped.yaml', '--fold', 'all'], tmp_path,
+                  timeout=900))
+    [cv] = [p for p in (tmp_path / 'runs').iterdir() if p.name.endswith('_cv')]
+    assert_ok(run(['ml-analyze', str(cv.relative_to(tmp_path)), '--top', 2 * k], tmp_path))
+    issues = json.loads((cv / 'analysis' / 'analysis.json').read_text())['label_issues']
+    found = {Path(r['path']).relative_to(raw.parent).as_posix() for r in issues} & flipped
+    recall = len(found) / k
+    print(f'label issues: {len(found)} of {k} flipped training images in the top {2 * k} '
+          f'({recall:.0%})')
+    assert recall >= 0.8, (len(found), k)
+
+
+def test_curation_round_trips_through_ml_split(tiny_split, lost_bytes):
+    "A curation file: ml-split --force applies it, ml-train warns when it changed since."
+    from imgcls.curation import write_curation
+    cwd = tiny_split.parent.parent
+    raw = tiny_split / 'raw'
+    lost_bytes.watch(raw)
+    ones = sorted(f'raw/1/{p.name}' for p in (raw / '1').iterdir())
+    write_curation(tiny_split, exclude=ones[:2], relabel={ones[2]: '7'})
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], cwd)
+    assert_clean_error(res, 'already exists with other data or settings', '--force')
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--force'], cwd)
+    assert_ok(res)
+    assert '2 image(s) left out, 1 relabelled' in res.stderr
+    m = json.loads((tiny_split / 'splits' / 'manifest.json').read_text())
+    assert m['curation']['excluded'] == ones[:2] and m['n_images'] == 98
+    lines = [ln for f in (tiny_split / 'splits').glob('*.txt') for ln in f.read_text().split('\n')]
+    assert f'{ones[2]}\t7' in lines and not set(ones[:2]) & set(lines)
+    write_curation(tiny_split, keep=ones[:1])
+    res = run(['ml-train', '--config', tiny_config(cwd, training__num_epochs=1).relative_to(cwd)],
+              cwd)
+    assert_ok(res)
+    assert 'curation.yaml changed since the splits were made' in res.stderr
+    assert lost_bytes.check() == 0

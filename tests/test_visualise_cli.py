@@ -5,7 +5,6 @@ HTML that Chromium draws offline; a bad `--params` name refused with one clear l
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import signal
@@ -18,13 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_clean_error, assert_ok, command, env, fresh_copy, run, show
+from helpers import (CHROMIUM, assert_clean_error, assert_ok, command, dump_dom, env, fresh_copy,
+                     run, show)
 from PIL import Image
 
-CHROMIUM = Path('/usr/bin/chromium')
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason='Debian chromium is not installed (/usr/bin/chromium); .ci/services.sh installs it')
 SCALARS = {'train/loss', 'train/acc', 'val/loss', 'val/acc', 'val/macro_f1', 'val/balanced_acc',
            'lr'}
 
@@ -77,21 +73,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def dump_dom(url: str, tmp_path: Path) -> str:
-    "The DOM headless Chromium renders for `url`, with DNS for every host name switched off."
-    profile = tmp_path / 'chromium-profile'
-    profile.mkdir(exist_ok=True)
-    args = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-            '--no-first-run', '--disable-background-networking', '--disable-component-update',
-            '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-            f'--user-data-dir={profile}',
-            '--window-size=1600,2400', '--virtual-time-budget=10000', '--dump-dom', url]
-    e = {**os.environ, 'HOME': str(tmp_path)}
-    res = subprocess.run(args, capture_output=True, text=True, timeout=180, env=e)
-    assert res.returncode == 0, show(res)
-    return res.stdout
 
 
 def rendered_text(dom: str) -> str:
