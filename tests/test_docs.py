@@ -281,7 +281,8 @@ if __name__ == '__main__':
 # --- the docs build, without Quarto ---
 
 FIGURE_NBS = ['05_data.ipynb', '08_evaluation.ipynb', '09_trainer.ipynb', '10_lr_finder.ipynb',
-              '14_visualise.ipynb', 'index.ipynb', 'tutorials/01_own_images.ipynb']
+              '14_visualise.ipynb', '14a_analysis.ipynb', 'index.ipynb',
+              'tutorials/01_own_images.ipynb']
 
 _PROC = """
 import sys, warnings
