@@ -65,7 +65,7 @@ def normalise_state_dict(sd:dict) -> dict:
         out[k] = v
     return out
 
-# %% ../nbs/06_checkpoint.ipynb #52bf298b
+# %% ../nbs/06_checkpoint.ipynb #e0bb35a8
 def _not_weights_only(path, e) -> CheckpointError:
     ("A pickle holding more than tensors and plain values: what it holds (torch's own words) and "
      "why it was not loaded.")
@@ -74,9 +74,9 @@ def _not_weights_only(path, e) -> CheckpointError:
     what = m.group(1).strip() if m else 'not tensors'
     return CheckpointError(
         f"{path}: corrupt checkpoint, not loaded: it holds Python objects besides weights "
-        f"({what}), and unpickling those could run code. imgcls loads weights only; "
-        "torch.load(..., weights_only=False) would load it, but do that only with a file from a "
-        "source you trust")
+        f"({what}), and unpickling those could run code. imgcls loads weights only; loading it "
+        "in full with torch.load would run that code: do it only with a file from a source you "
+        "trust")
 
 # %% ../nbs/06_checkpoint.ipynb #93a8d927
 def load_checkpoint(
