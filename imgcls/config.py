@@ -104,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #bfbf7cc3
+# %% ../nbs/01_config.ipynb #54e6203f
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -155,6 +155,7 @@ _RULES = {
     'training.freeze_epochs': dict(type=int, min=0),
     'training.mode': dict(choices=['full', 'linear_probe']),
     'optimizer.backbone_lr_mult': dict(gt=0),
+    'optimizer.layer_decay': dict(type=float, gt=0, max=1, null=True),
     'training.time_budget_min': dict(type=float, gt=0, null=True),
     'augmentation.mixup': dict(min=0), 'augmentation.cutmix': dict(min=0),
     'augmentation.mix_off_epoch': dict(type=int, min=1, null=True),

@@ -16,10 +16,12 @@ from .trainer import BaseTrainer, register_trainer
 # %% auto #0
 __all__ = ['AccelerateTrainer']
 
-# %% ../nbs/09a_distributed.ipynb #d28cee82
+# %% ../nbs/09a_distributed.ipynb #e0b60a29
 class AccelerateTrainer(BaseTrainer):
     "The training loop under Hugging Face Accelerate: any number of processes and machines."
     trainer_type = 'accelerate'
+    freeze_drops_grads = True   # DDP reduces every gradient it was built with
+    probe_needs_images = 'the processes train one model together, on their own shards'
 
     def select_device(self) -> torch.device:
         Accelerator = require('accelerate', what="training.trainer_type 'accelerate'",
@@ -70,6 +72,7 @@ class AccelerateTrainer(BaseTrainer):
     def barrier(self): self.accelerator.wait_for_everyone()
 
     def optimizer_step(self):
+        self.drop_frozen_grads()
         if self.cfg.training.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(),
                                              self.cfg.training.max_grad_norm)

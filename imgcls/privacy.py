@@ -16,10 +16,11 @@ from .training import build_optimizer, build_scheduler
 # %% auto #0
 __all__ = ['DPTrainer']
 
-# %% ../nbs/09b_privacy.ipynb #0c6d5650
+# %% ../nbs/09b_privacy.ipynb #9488822d
 class DPTrainer(BaseTrainer):
     "DP-SGD with Opacus: per-sample clipping, Gaussian noise, Poisson sampling, an accountant."
     trainer_type = 'dp'
+    probe_needs_images = "DP-SGD clips and noises each image's gradient, drawn by its own sampler"
 
     def prepare(self):
         PrivacyEngine = require('opacus', what="training.trainer_type 'dp'",
@@ -38,7 +39,7 @@ class DPTrainer(BaseTrainer):
                               'gradient_accumulation_steps > 1; raise training.batch_size instead')
         self.model, self.replaced = dp_compatible(self.model)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model, len(self.classes))
         self.privacy_engine = PrivacyEngine()
         kw = dict(module=self.model, optimizer=self.optimizer, data_loader=self.dls['train'],
                   max_grad_norm=d.max_grad_norm, poisson_sampling=True, grad_sample_mode='ew')

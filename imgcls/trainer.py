@@ -41,10 +41,15 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #87704c54
+# %% ../nbs/09_trainer.ipynb #da469b11
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
+    # how a frozen body is kept fixed: by `requires_grad` (no gradient is computed for it), or,
+    # where the wrapped model needs every gradient (DDP), by dropping its gradients before a step
+    freeze_drops_grads = False
+    # why a linear probe cannot train on cached features with this trainer (None: it can)
+    probe_needs_images = None
 
     def __init__(self, cfg:Config, # the resolved configuration
                  overrides:dict|None=None, # CLI overrides, used to name the run folder
@@ -144,11 +149,6 @@ class BaseTrainer:
         self.scaler = self.make_scaler()
         self.early = EarlyStopping(cfg.training.early_stopping_patience,
                                    MONITOR_MODE[cfg.training.monitor])
-        if cfg.training.freeze_epochs or cfg.training.mode != 'full':
-            if self.trainer_type in ('dp', 'accelerate'):
-                raise ConfigError(f'training.freeze_epochs and training.mode linear_probe are not '
-                                  f'supported with trainer_type {self.trainer_type} yet; use '
-                                  'standard or mixed_precision')
         if self.trainer_type == 'dp' and (cfg.augmentation.mixup or cfg.augmentation.cutmix
                                           or cfg.training.ema_decay):
             raise ConfigError('training.trainer_type dp: augmentation.mixup, augmentation.cutmix '
@@ -190,7 +190,7 @@ class BaseTrainer:
             if g.get('decay', True) and 'weight_decay' in g: g['weight_decay'] = o.weight_decay
             if 'betas' in g: g['betas'] = tuple(o.betas)
             if 'momentum' in g: g['momentum'], g['nesterov'] = o.momentum, o.nesterov
-            if g.get('part') == 'body': g['lr_mult'] = o.backbone_lr_mult
+            if g.get('part') == 'body': g['lr_mult'] = o.backbone_lr_mult * g.get('layer_scale', 1)
             g['initial_lr'] = o.lr * g.get('lr_mult', 1.0)
         self.early.patience = cfg.training.early_stopping_patience
         old_bs = ck['config']['training']['batch_size']
@@ -461,9 +461,10 @@ class BaseTrainer:
 
     def _start_probe(self):
         "Linear probe: the classifier trains on the frozen body's features, computed once."
-        if self.mixer is not None or self.ema is not None:
-            logger.info('linear probe through the whole model each step (mixing and EMA need '
-                        'images)'); return
+        why = ('mixing and EMA need images' if self.mixer is not None or self.ema is not None
+               else self.probe_needs_images)
+        if why:
+            logger.info(f'linear probe through the whole model each step ({why})'); return
         probe = probe_loaders(self.unwrapped_model, self.datasets, self.cfg, self.device)
         if probe is None: return
         self._image_dls, self._image_cl = self.dls, self.channels_last
@@ -485,12 +486,18 @@ class BaseTrainer:
                         f'epoch {self.epoch + 1}: the body is unfrozen (after '
                         f'{t.freeze_epochs} epoch(s) of the head alone); it learns at '
                         f'{self.cfg.optimizer.backbone_lr_mult:g} x the head\'s rate')
-            for n, p in model.named_parameters():
-                if n not in head: p.requires_grad_(not frozen)
-            self._frozen = frozen
+            body = [p for n, p in model.named_parameters() if n not in head]
+            if not self.freeze_drops_grads:
+                for p in body: p.requires_grad_(not frozen)
+            self._frozen, self._body = frozen, body
         if frozen:
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+
+    def drop_frozen_grads(self):
+        "Before a step of a trainer that `freeze_drops_grads`: the frozen body's gradients go."
+        if self._frozen and self.freeze_drops_grads:
+            for p in self._body: p.grad = None   # the optimizer skips them: no update, no decay
 
     def _plan_budget(self, first_s:float):
         ("Fit `training.num_epochs` to `training.time_budget_min` from the first epoch's time, "

@@ -16,10 +16,10 @@ from .models import head_names
 
 # %% auto #0
 __all__ = ['MONITOR_MODE', 'MONITOR_KEY', 'RESUME_REFUSED', 'TrainingError', 'TrainingInterrupted', 'get_device',
-           'cpu_supports_bf16', 'autocast_dtype', 'build_criterion', 'build_optimizer', 'LRSchedule', 'lr_schedule',
-           'build_scheduler', 'replan_schedule', 'EarlyStopping', 'not_learning', 'resume_changes', 'Callback',
-           'make_mixer', 'ModelEMA', 'last_linear', 'capture_input', 'probe_head', 'body_features', 'FeatureDataset',
-           'probe_loaders']
+           'cpu_supports_bf16', 'autocast_dtype', 'build_criterion', 'layer_depths', 'build_optimizer', 'LRSchedule',
+           'lr_schedule', 'build_scheduler', 'replan_schedule', 'EarlyStopping', 'not_learning', 'resume_changes',
+           'Callback', 'make_mixer', 'ModelEMA', 'last_linear', 'capture_input', 'probe_head', 'body_features',
+           'FeatureDataset', 'probe_loaders']
 
 # %% ../nbs/08a_training.ipynb #f0c30fd8
 class TrainingError(ImgclsError):
@@ -61,7 +61,7 @@ def autocast_dtype(cfg:Config, # the run's config (training.trainer_type, traini
     if cfg.training.trainer_type != 'mixed_precision': return None
     return getattr(torch, cfg.training.amp_dtype) if device.type == 'cuda' else torch.bfloat16
 
-# %% ../nbs/08a_training.ipynb #808773a8
+# %% ../nbs/08a_training.ipynb #29545cdb
 def build_criterion(cfg:Config, targets:list[int], num_classes:int,
                     device='cpu') -> nn.CrossEntropyLoss:
     ("Cross-entropy as `cfg.loss` says, with class weights computed from the training `targets` "
@@ -79,23 +79,62 @@ def build_criterion(cfg:Config, targets:list[int], num_classes:int,
     return nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
                                label_smoothing=cfg.loss.label_smoothing)
 
+def _blocks(mod:nn.Module, prefix:str, names:list[str], sizes:dict) -> list[tuple[list, bool]]:
+    "`names` (under `mod`) in blocks, in order: `[(names, is_leaf)]`; a child holding most splits."
+    order = list(dict.fromkeys(n[len(prefix):].split('.')[0] for n in names))
+    total, out = sum(sizes[n] for n in names), []
+    for key in order:
+        sub = [n for n in names if n[len(prefix):].split('.')[0] == key]
+        child = getattr(mod, key)
+        kids = isinstance(child, nn.Module) and any(True for _ in child.children())
+        if kids and 2 * sum(sizes[n] for n in sub) > total and len(sub) > 1:
+            out += _blocks(child, f'{prefix}{key}.', sub, sizes)
+        else: out.append((sub, not kids))
+    return out
+
+def layer_depths(model:nn.Module, head:list[str]) -> dict[str, int]:
+    ("The depth of each body parameter (`head`: the classifier's names), from 0 at the input to "
+     "the last block: timm's own grouping for a timm model, else the model's blocks in order (a "
+     "child holding most of the weights is split into its blocks; a run of single layers, like a "
+     "stem's convolution and BatchNorm, is one block).")
+    head = set(head)
+    body = [n for n, _ in model.named_parameters() if n not in head]
+    if hasattr(model, 'group_matcher'):
+        from timm.models import group_parameters
+        ids = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        dense = {g: i for i, g in enumerate(sorted({ids.get(n, -1) for n in body}))}
+        return {n: dense[ids.get(n, -1)] for n in body}
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    depth, d, prev_leaf = {}, -1, False
+    for names, leaf in _blocks(model, '', body, sizes):
+        if not (leaf and prev_leaf): d += 1
+        depth.update(dict.fromkeys(names, d)); prev_leaf = leaf
+    return depth
+
 def build_optimizer(cfg:Config, model:nn.Module,
                     num_classes:int|None=None, # given: the body's groups get backbone_lr_mult
                    ) -> torch.optim.Optimizer:
     ("SGD, Adam or AdamW from `cfg.optimizer`; biases and normalisation weights get no weight "
      "decay; with `num_classes`, the body (all but the classifier) learns at "
-     "`optimizer.backbone_lr_mult` times the head's rate.")
+     "`optimizer.backbone_lr_mult` times the head's rate, and with `optimizer.layer_decay` each "
+     "block of the body at `layer_decay` times the rate of the block above it.")
     o = cfg.optimizer
-    head = set(head_names(model, num_classes)) if num_classes else set()
+    head = head_names(model, num_classes) if num_classes else []
+    ld = o.get('layer_decay') if num_classes else None
+    depth = layer_depths(model, head) if ld else {}
+    top = max(depth.values(), default=-1) + 1   # the head's depth
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = []
     for part, mult in (('body', o.backbone_lr_mult), ('head', 1.0)):
         mine = [(n, p) for n, p in named if (n in head) == (part == 'head')]
-        for decay in (True, False):
-            ps = [p for _, p in mine if (p.ndim > 1) == decay]
-            if ps: groups.append({'params': ps, 'weight_decay': o.weight_decay if decay else 0.0,
-                                  'lr': o.lr * mult, 'lr_mult': mult, 'decay': decay,
-                                  'part': part})
+        for d in sorted({depth.get(n, top) for n, _ in mine}):
+            scale = ld ** (top - d) if ld else 1.0
+            for decay in (True, False):
+                ps = [p for n, p in mine if (p.ndim > 1) == decay and depth.get(n, top) == d]
+                if ps: groups.append({'params': ps, 'decay': decay, 'part': part,
+                                      'weight_decay': o.weight_decay if decay else 0.0,
+                                      'lr': o.lr * mult * scale, 'lr_mult': mult * scale,
+                                      'layer_scale': scale})
     if o.type == 'sgd':
         if o.nesterov and o.momentum <= 0:
             raise ConfigError('optimizer.nesterov needs optimizer.momentum > 0')
@@ -211,7 +250,7 @@ class EarlyStopping:
     def state_dict(self) -> dict: return dict(vars(self))
     def load_state_dict(self, d:dict): vars(self).update(d)
 
-# %% ../nbs/08a_training.ipynb #8869b3b6
+# %% ../nbs/08a_training.ipynb #2def6bf3
 def not_learning(cfg:Config, # the run's config
                  row:dict, # the epoch's history row (`epoch`, `val_balanced_acc`)
                  targets, # the training labels
@@ -237,7 +276,8 @@ def not_learning(cfg:Config, # the run's config
 
 RESUME_REFUSED = ('model.type', 'model.architecture', 'model.custom_architecture',
                   'model.dropout', 'data.image_size', 'data.fold', 'training.trainer_type',
-                  'optimizer.type', 'scheduler.type')  # a resume cannot change these
+                  'optimizer.type', 'optimizer.layer_decay',
+                  'scheduler.type')  # a resume cannot change these
 
 def resume_changes(old:dict, # the config in the checkpoint being resumed
                    cfg:Config, # the config it is resumed with

@@ -113,3 +113,67 @@ def test_two_process_run_stopped_mid_epoch_resumes_in_one_process(tmp_path, tiny
     s = json.loads((rd / 'summary.json').read_text())
     assert s['epochs_run'] == 3 and s['val']['n'] == 40 and s['test']['n'] == 20, s
     assert [h['epoch'] for h in s['history']] == [1, 2, 3], s['history']
+
+
+_FINE_TUNE_SCRIPT = '''
+import json, sys
+import torch
+from imgcls.config import load_config
+from imgcls.trainer import get_trainer
+from imgcls.training import Callback
+
+class BodySums(Callback):
+    "Each process writes its own view of the body after each epoch."
+    def before_fit(self, t): self.rows = [self.sums(t)]
+    def after_epoch(self, t, m):
+        self.rows.append(self.sums(t))
+        rank = t.accelerator.process_index
+        with open(sys.argv[2] + f'.{rank}.json', 'w') as f: json.dump(self.rows, f)
+    @staticmethod
+    def sums(t):
+        sd = t.unwrapped_model.state_dict()
+        return {k: float(v.double().sum()) for k, v in sd.items() if v.is_floating_point()}
+
+get_trainer(load_config(sys.argv[1]), callbacks=[BodySums()], progress=False).fit()
+'''
+
+
+def test_two_process_fine_tuning_freezes_then_trains_the_body_in_step(tmp_path, tiny_split):
+    """Freeze epochs under DDP: the body stays as loaded (weights and BatchNorm statistics) in both
+    processes, the head learns, then the body learns, the two processes always agreeing."""
+    import torch
+
+    from imgcls.config import load_config
+    from imgcls.models import get_model, head_names
+    p = _accelerate_config(tmp_path, num_epochs=2, batch_size=4)
+    cfg = yaml.safe_load(p.read_text())
+    pre = tmp_path / 'pretrained.pt'
+    torch.manual_seed(1)
+    net = get_model(load_config(None, {'model.type': 'custom',
+                                       'model.custom_architecture': 'simple_cnn'}), 2)
+    torch.save(net.state_dict(), pre)
+    head = set(head_names(net, 2))
+    cfg['model'].update(pretrained=True, weights_path=str(pre))
+    cfg['training']['freeze_epochs'] = 1
+    cfg['optimizer']['backbone_lr_mult'] = 0.1
+    p.write_text(yaml.safe_dump(cfg))
+    script = tmp_path / 'fine_tune.py'
+    script.write_text(_FINE_TUNE_SCRIPT)
+    e = {**env(), 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
+    args = [command('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
+            '--main_process_port', str(_free_port()), str(script), str(p),
+            str(tmp_path / 'sums')]
+    res = subprocess.run(args, cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and 'Traceback' not in res.stderr, show(res)
+    ranks = [json.loads((tmp_path / f'sums.{r}.json').read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]                       # the processes never disagree
+    start, after1, after2 = ranks[0]
+    loaded = {k: float(v.double().sum()) for k, v in net.state_dict().items()
+              if v.is_floating_point()}
+    body = [k for k in start if k not in head]
+    assert any('running_mean' in k for k in body), body
+    assert all(start[k] == loaded[k] == after1[k] for k in body)   # frozen: exactly as loaded
+    assert any(start[k] != after1[k] for k in head)                 # the head learnt
+    assert any(after1[k] != after2[k] for k in body)                # then the body did
+    log = (tmp_path / 'runs' / 'tiny_fold_0' / 'logs' / 'train.log').read_text()
+    assert 'the body is unfrozen' in log, log
