@@ -15,9 +15,10 @@ from .core import ConfigError, DataError, atomic_write, cpu_features
 from .images import class_folders, list_image_files
 
 # %% auto #0
-__all__ = ['MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'LR', 'TRAIN_SHARE', 'set_template_value', 'set_template_block',
-           'drop_section', 'inspect_dataset', 'machine_info', 'recipe', 'suggest_values', 'search_space',
-           'step_seconds', 'init_config']
+__all__ = ['FINE_TUNE_CPU', 'FINE_TUNE_GPU', 'MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'FINE_TUNE_MIN_SIDE',
+           'FINE_TUNE_MIN_IMAGES', 'FINE_TUNE_MIN_EPOCHS', 'FINE_TUNE_MAX_EPOCHS', 'FINE_TUNE_LR', 'LR', 'TRAIN_SHARE',
+           'set_template_value', 'set_template_block', 'drop_section', 'inspect_dataset', 'find_pretrained',
+           'machine_info', 'recipe', 'suggest_values', 'search_space', 'step_seconds', 'init_config']
 
 # %% ../nbs/09e_autoconfig.ipynb #46f61455
 _LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')
@@ -86,7 +87,7 @@ def drop_section(text:str, section:str) -> str:
     while out and not out[-1].strip(): out.pop()
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/09e_autoconfig.ipynb #20e9be5c
+# %% ../nbs/09e_autoconfig.ipynb #c332864e
 def inspect_dataset(data_dir, # data/NAME (holding raw/)
                     max_headers:int=500, # image headers read to estimate the typical size
                    ) -> dict:
@@ -113,16 +114,50 @@ def inspect_dataset(data_dir, # data/NAME (holding raw/)
     return dict(classes=classes, counts=counts, n_images=len(files), median_size=(w, h),
                 imbalance=round(max(n) / min(n), 2))
 
-def machine_info() -> dict:
-    "Whether a CUDA GPU is present, the CPU count, and whether the CPU computes bfloat16 natively."
-    import torch
-    return dict(cuda=torch.cuda.is_available(), cpus=os.cpu_count() or 1,
-                bf16=bool(cpu_features()['bf16']))
+# architectures worth fine-tuning, in order of preference: on a CPU the cheapest first
+FINE_TUNE_CPU = (('base', 'resnet18'), ('timm', 'resnet18'), ('base', 'resnet34'),
+                 ('timm', 'resnet34'), ('base', 'resnet50'), ('timm', 'resnet50'),
+                 ('base', 'efficientnet_b0'), ('timm', 'efficientnet_b0'),
+                 ('base', 'convnext_tiny'), ('timm', 'convnext_tiny'),
+                 ('base', 'mobilenet_v3_large'), ('timm', 'mobilenetv3_large_100'))
+FINE_TUNE_GPU = (('timm', 'convnext_tiny'), ('base', 'convnext_tiny'), ('timm', 'resnet50'),
+                 ('base', 'resnet50'), ('timm', 'efficientnet_b0'), ('base', 'efficientnet_b0'),
+                 ('timm', 'resnet34'), ('base', 'resnet34'), ('timm', 'resnet18'),
+                 ('base', 'resnet18'), ('timm', 'mobilenetv3_large_100'),
+                 ('base', 'mobilenet_v3_large'))
 
-# %% ../nbs/09e_autoconfig.ipynb #91ce5844
+def find_pretrained(gpu:bool=False, # prefer the larger architectures a GPU trains quickly
+                   ) -> dict|None:
+    ("The first architecture of `FINE_TUNE_CPU` (or `_GPU`) whose ImageNet weights are already on "
+     "this machine (torch's hub cache; timm's in the Hugging Face cache, when timm is installed): "
+     "`{'type', 'architecture', 'path'}`, or None. Nothing is downloaded.")
+    import importlib.util
+    from imgcls.models import cached_timm_weights, cached_weights_path
+    has_timm = importlib.util.find_spec('timm') is not None
+    for kind, arch in (FINE_TUNE_GPU if gpu else FINE_TUNE_CPU):
+        if kind == 'base':
+            f = cached_weights_path(arch)
+            f = f if f is not None and f.is_file() else None
+        elif has_timm: f = cached_timm_weights(arch)[0]
+        else: continue
+        if f is not None: return dict(type=kind, architecture=arch, path=str(f))
+    return None
+
+def machine_info() -> dict:
+    ("Whether a CUDA GPU is present, the CPU count, whether the CPU computes bfloat16 natively, "
+     "and the pretrained weights it has (`find_pretrained`).")
+    import torch
+    cuda = torch.cuda.is_available()
+    return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
+                pretrained=find_pretrained(cuda))
+
+# %% ../nbs/09e_autoconfig.ipynb #fd7aff79
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
+FINE_TUNE_MIN_SIDE = 48     # smaller images train from scratch (pretrained nets see 64 px and up)
+FINE_TUNE_MIN_IMAGES, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS = 5_000, 5, 40
+FINE_TUNE_LR = 1e-3  # the new classifier's peak; the body at a tenth of it
 LR = 3e-3            # AdamW's one-cycle peak at every batch size from 8 to 128
 TRAIN_SHARE = 0.64  # of the images, in a training split by ml-split's defaults (20% test, 1/5 val)
 
@@ -140,7 +175,18 @@ def recipe(info:dict, # from `inspect_dataset`
     gpu, short = machine['cuda'], min(info['median_size'])
     n_train, _ = _budget(info['n_images'], 1)
     r = {}
-    if gpu and short >= 128:
+    ft = machine.get('pretrained') if short >= FINE_TUNE_MIN_SIDE else None
+    if ft:
+        size = 224 if gpu else min(160, max(64, -(-short // 8) * 8))
+        kind = 'torchvision' if ft['type'] == 'base' else 'timm'
+        r['model.type'] = (ft['type'], f"fine-tuning {kind}'s {ft['architecture']}, whose "
+                           'ImageNet weights are on this machine: far better than training from '
+                           'scratch on a few hundred images (to train from scratch instead: '
+                           'type custom, custom_architecture small_resnet, pretrained false)')
+        r['model.architecture'] = (ft['architecture'], None)
+        r['model.pretrained'] = (True, 'start from the weights below; nothing is downloaded')
+        r['model.weights_path'] = (ft['path'], 'found in the local cache')
+    elif gpu and short >= 128:
         size = 224
         r['model.type'] = ('base', 'images of 128 px and more on a GPU: a torchvision ResNet-18 '
                            'at 224 px (set model.architecture for another)')
@@ -150,7 +196,11 @@ def recipe(info:dict, # from `inspect_dataset`
         r['model.type'] = ('custom', 'small inputs: a registered network made for them')
         r['model.custom_architecture'] = (
             'small_resnet', f'a ResNet for 16-{cap} px inputs: fast, and accurate from scratch')
-    native = (f'the images\' own size ({short} px on the short side) rounded up to a multiple of 8'
+    native = (('224 px, the size the weights were trained at' if gpu else 'the input size for '
+               "fine-tuning on a CPU: the images' own size rounded up to a multiple of 8, at least "
+               '64 px and at most 160 (224, the weights\' own size, takes twice the time)')
+              if ft else
+              f'the images\' own size ({short} px on the short side) rounded up to a multiple of 8'
               if size >= short else f'{short} px images scaled to {size}: on a '
               f"{'GPU' if gpu else 'CPU'} every pixel costs time; raise it for fine detail")
     r['data.image_size'] = (size, native)
@@ -180,17 +230,26 @@ def recipe(info:dict, # from `inspect_dataset`
     cap = 128 if size <= 64 else 64
     bs = min(cap, max(8, _pow2_floor(n_train / 10)))
     _, spe = _budget(info['n_images'], bs)
-    lo = MIN_EPOCHS if n_train <= 100_000 else 3
-    epochs = min(MAX_EPOCHS, max(lo, math.ceil(MIN_IMAGES / n_train)))
+    least, hi = (FINE_TUNE_MIN_IMAGES, FINE_TUNE_MAX_EPOCHS) if ft else (MIN_IMAGES, MAX_EPOCHS)
+    lo = (FINE_TUNE_MIN_EPOCHS if ft else MIN_EPOCHS) if n_train <= 100_000 else 3
+    epochs = min(hi, max(lo, math.ceil(least / n_train)))
     r['training.batch_size'] = (bs, f'about {n_train} training images: {spe} steps an epoch '
                                 '(aim: 10 or more)')
     r['training.num_epochs'] = (epochs, f'{n_train * epochs:,} images seen in all, '
-                                f'{spe * epochs} optimizer steps (at least {MIN_IMAGES:,} images, '
-                                f'within {lo}-{MAX_EPOCHS} epochs)')
+                                f'{spe * epochs} optimizer steps (at least {least:,} images, '
+                                f'within {lo}-{hi} epochs)')
     r['optimizer.type'] = ('adamw', 'AdamW with a one-cycle schedule trains fast and needs no '
                            'tuning of its own')
-    r['optimizer.lr'] = (LR, 'peak learning rate, the same at every batch size from 8 to 128 '
-                         '(AdamW hardly needs it scaled); lower it if the loss jumps')
+    if ft:
+        r['optimizer.lr'] = (FINE_TUNE_LR, "the new classifier's peak learning rate; the "
+                             'pretrained body learns at backbone_lr_mult of it')
+        r['optimizer.backbone_lr_mult'] = (0.1, 'the body at a tenth of the rate: it already '
+                                           'knows images and should change little')
+        r['training.freeze_epochs'] = (1, 'the first epoch trains the new classifier alone, the '
+                                       'body kept as loaded, so a random head cannot wreck it')
+    else:
+        r['optimizer.lr'] = (LR, 'peak learning rate, the same at every batch size from 8 to '
+                             '128 (AdamW hardly needs it scaled); lower it if the loss jumps')
     r['optimizer.weight_decay'] = (0.05, 'decoupled weight decay, AdamW\'s usual strength')
     r['scheduler.type'] = ('onecycle', 'warm-up over the first 30% of the steps, then a cosine '
                            'decay to almost zero')
@@ -218,16 +277,20 @@ def suggest_values(info:dict, machine:dict) -> dict:
 def search_space(values:dict, # the recipe's values (`suggest_values`)
                 ) -> dict:
     ("What `ml-init-config --optuna` lets ml-search vary around the recipe: AdamW's learning "
-     "rate (a tenth to 3x) and weight decay, the batch size (half to double) and label smoothing.")
+     "rate (a tenth to 3x) and weight decay, the batch size (half to double) and label smoothing; "
+     "when fine-tuning, also the body's rate and the frozen epochs.")
     lr, bs = values['optimizer.lr'], values['training.batch_size']
     return {'optimizer.lr': {'type': 'loguniform', 'low': round(lr / 10, 8),
                              'high': round(lr * 3, 8)},
             'optimizer.weight_decay': {'type': 'loguniform', 'low': 0.005, 'high': 0.2},
             'training.batch_size': {'type': 'categorical',
                                     'choices': sorted({max(8, bs // 2), bs, bs * 2})},
-            'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2}}
+            'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2},
+            **({'optimizer.backbone_lr_mult': {'type': 'loguniform', 'low': 0.01, 'high': 1.0},
+                'training.freeze_epochs': {'type': 'categorical', 'choices': [0, 1, 3]}}
+               if values.get('training.freeze_epochs') else {})}
 
-# %% ../nbs/09e_autoconfig.ipynb #a7517a90
+# %% ../nbs/09e_autoconfig.ipynb #87f588df
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -303,11 +366,19 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     n_train, spe = _budget(info['n_images'], bs)
     steps = spe * vals['training.num_epochs']
     cpu = f"{machine['cpus']} CPU cores" + (', native bfloat16' if machine.get('bf16') else '')
+    ft, short = machine.get('pretrained'), min(info['median_size'])
+    start = ('# Start: from scratch; no ImageNet weights of a suitable architecture were found in '
+             "this machine's caches (torch hub, Hugging Face), and nothing is downloaded.\n"
+             if not ft else
+             f"# Start: {ft['architecture']}'s ImageNet weights, {ft['path']}, found on this "
+             'machine; fine-tuned (head first, then everything).\n' if short >= FINE_TUNE_MIN_SIDE
+             else f"# Start: from scratch; {ft['architecture']}'s ImageNet weights are on this "
+             f'machine, but images of {short} px are too small to profit from them.\n')
     eta = _expected_time(load_config(None, vals), steps, len(info['classes'])) if measure else ''
     head = (f"# imgcls config for '{name}', written by ml-init-config on {datetime.date.today()}.\n"
             f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, "
             f"typical size {w}x{h}, largest/smallest class {info['imbalance']}.\n"
-            f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, {cpu}.\n"
+            f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, {cpu}.\n" + start +
             f"# Recipe: about {n_train} training images in batches of {bs}, "
             f"{vals['training.num_epochs']} epochs: {steps} optimizer steps{eta}"
             + (f"; a time budget of {time_budget_min:g} min re-plans the epochs"
