@@ -1,11 +1,19 @@
 """Fixtures: small digit datasets (with and without splits) built once and copied per test."""
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from helpers import fresh_copy
+
+# Every test sees a machine without downloaded weights, whatever this one has cached (the commands
+# run as subprocesses inherit it): ml-init-config would otherwise choose fine-tuning, and
+# `pretrained: true` find files. Tests that need weights make their own.
+os.environ['TORCH_HOME'] = os.environ['HF_HUB_CACHE'] = str(
+    Path(tempfile.gettempdir()) / 'imgcls-tests-no-weights')
 
 TINY_PER_CLASS = 10   # 100 images: enough for 5 folds plus a test set, quick to split
 
