@@ -87,7 +87,7 @@ def drop_section(text:str, section:str) -> str:
     while out and not out[-1].strip(): out.pop()
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/09e_autoconfig.ipynb #c332864e
+# %% ../nbs/09e_autoconfig.ipynb #41f70234
 def inspect_dataset(data_dir, # data/NAME (holding raw/)
                     max_headers:int=500, # image headers read to estimate the typical size
                    ) -> dict:
@@ -135,12 +135,13 @@ def find_pretrained(gpu:bool=False, # prefer the larger architectures a GPU trai
     from imgcls.models import cached_timm_weights, cached_weights_path
     has_timm = importlib.util.find_spec('timm') is not None
     for kind, arch in (FINE_TUNE_GPU if gpu else FINE_TUNE_CPU):
-        if kind == 'base':
-            f = cached_weights_path(arch)
-            f = f if f is not None and f.is_file() else None
-        elif has_timm: f = cached_timm_weights(arch)[0]
-        else: continue
-        if f is not None: return dict(type=kind, architecture=arch, path=str(f))
+        if kind == 'base': f = cached_weights_path(arch)
+        elif not has_timm: continue
+        else:
+            try: f = cached_timm_weights(arch)[0]
+            except Exception: has_timm = False; continue   # installed but broken: not a choice
+        if f is not None and f.is_file():   # (a cache's link may point at nothing)
+            return dict(type=kind, architecture=arch, path=str(f))
     return None
 
 def machine_info() -> dict:
@@ -151,7 +152,7 @@ def machine_info() -> dict:
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
                 pretrained=find_pretrained(cuda))
 
-# %% ../nbs/09e_autoconfig.ipynb #fd7aff79
+# %% ../nbs/09e_autoconfig.ipynb #f2bd04a2
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
@@ -287,10 +288,11 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                                     'choices': sorted({max(8, bs // 2), bs, bs * 2})},
             'loss.label_smoothing': {'type': 'uniform', 'low': 0.0, 'high': 0.2},
             **({'optimizer.backbone_lr_mult': {'type': 'loguniform', 'low': 0.01, 'high': 1.0},
-                'training.freeze_epochs': {'type': 'categorical', 'choices': [0, 1, 3]}}
+                'training.freeze_epochs': {'type': 'categorical', 'choices': [
+                    e for e in (0, 1, 3) if e < values['training.num_epochs']]}}
                if values.get('training.freeze_epochs') else {})}
 
-# %% ../nbs/09e_autoconfig.ipynb #87f588df
+# %% ../nbs/09e_autoconfig.ipynb #57725413
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -367,13 +369,15 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     steps = spe * vals['training.num_epochs']
     cpu = f"{machine['cpus']} CPU cores" + (', native bfloat16' if machine.get('bf16') else '')
     ft, short = machine.get('pretrained'), min(info['median_size'])
-    start = ('# Start: from scratch; no ImageNet weights of a suitable architecture were found in '
-             "this machine's caches (torch hub, Hugging Face), and nothing is downloaded.\n"
-             if not ft else
-             f"# Start: {ft['architecture']}'s ImageNet weights, {ft['path']}, found on this "
-             'machine; fine-tuned (head first, then everything).\n' if short >= FINE_TUNE_MIN_SIDE
-             else f"# Start: from scratch; {ft['architecture']}'s ImageNet weights are on this "
-             f'machine, but images of {short} px are too small to profit from them.\n')
+    if 'pretrained' not in machine: start = ''   # (a machine given without a look at caches)
+    elif not ft:
+        start = ('# Start: from scratch; no ImageNet weights of a suitable architecture were found '
+                 "in this machine's caches (torch hub, Hugging Face), and nothing is downloaded.\n")
+    elif short < FINE_TUNE_MIN_SIDE:
+        start = (f"# Start: from scratch; {ft['architecture']}'s ImageNet weights are on this "
+                 f'machine, but images of {short} px are too small to profit from them.\n')
+    else: start = (f"# Start: {ft['architecture']}'s ImageNet weights, {ft['path']}, found on "
+                   'this machine; fine-tuned (head first, then everything).\n')
     eta = _expected_time(load_config(None, vals), steps, len(info['classes'])) if measure else ''
     head = (f"# imgcls config for '{name}', written by ml-init-config on {datetime.date.today()}.\n"
             f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, "

@@ -16,12 +16,16 @@ from .trainer import BaseTrainer, register_trainer
 # %% auto #0
 __all__ = ['AccelerateTrainer']
 
-# %% ../nbs/09a_distributed.ipynb #e0b60a29
+# %% ../nbs/09a_distributed.ipynb #262cac4c
 class AccelerateTrainer(BaseTrainer):
     "The training loop under Hugging Face Accelerate: any number of processes and machines."
     trainer_type = 'accelerate'
-    freeze_drops_grads = True   # DDP reduces every gradient it was built with
-    probe_needs_images = 'the processes train one model together, on their own shards'
+    probe_needs_images = 'Accelerate feeds every process its own shard of the images'
+
+    @property
+    def freeze_drops_grads(self) -> bool:
+        "DDP reduces every gradient it was built with: a body that unfreezes later must have them."
+        return self.accelerator.num_processes > 1 and self.cfg.training.mode != 'linear_probe'
 
     def select_device(self) -> torch.device:
         Accelerator = require('accelerate', what="training.trainer_type 'accelerate'",
@@ -52,6 +56,9 @@ class AccelerateTrainer(BaseTrainer):
 
     def prepare(self):
         acc = self.accelerator
+        if self.cfg.training.mode == 'linear_probe':   # frozen for good: DDP leaves the body out
+            for n, p in self.model.named_parameters():
+                if n not in self.head: p.requires_grad_(False)
         self.model, self.optimizer, self.scheduler = acc.prepare(self.model, self.optimizer,
                                                                  self.scheduler)
         for k in list(self.dls): self.dls[k] = acc.prepare(self.dls[k])

@@ -16,7 +16,7 @@ from .training import build_optimizer, build_scheduler
 # %% auto #0
 __all__ = ['DPTrainer']
 
-# %% ../nbs/09b_privacy.ipynb #9488822d
+# %% ../nbs/09b_privacy.ipynb #f6be4ec6
 class DPTrainer(BaseTrainer):
     "DP-SGD with Opacus: per-sample clipping, Gaussian noise, Poisson sampling, an accountant."
     trainer_type = 'dp'
@@ -39,7 +39,14 @@ class DPTrainer(BaseTrainer):
                               'gradient_accumulation_steps > 1; raise training.batch_size instead')
         self.model, self.replaced = dp_compatible(self.model)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model, len(self.classes))
+        # the layers Opacus put in place (GroupNorm for BatchNorm) start afresh: they train even
+        # while the body is frozen
+        new = tuple(r.split(':')[0] + '.' for r in self.replaced)
+        self.trained_when_frozen = {n for n, _ in self.model.named_parameters()
+                                    if n.startswith(new)}
+        o = cfg.optimizer   # body and head in groups of their own where their rates differ
+        split = o.backbone_lr_mult != 1 or o.get('layer_decay')
+        self.optimizer = build_optimizer(cfg, self.model, len(self.classes) if split else None)
         self.privacy_engine = PrivacyEngine()
         kw = dict(module=self.model, optimizer=self.optimizer, data_loader=self.dls['train'],
                   max_grad_norm=d.max_grad_norm, poisson_sampling=True, grad_sample_mode='ew')
@@ -63,6 +70,10 @@ class DPTrainer(BaseTrainer):
         if self.replaced:
             logger.info(f'Opacus: replaced {len(self.replaced)} layer(s) it cannot train: '
                         + ', '.join(self.replaced[:8]) + (' ...' if len(self.replaced) > 8 else ''))
+            t = self.cfg.training
+            if t.freeze_epochs or t.mode == 'linear_probe':
+                logger.info(f'fine-tuning under DP-SGD: the {len(self.replaced)} replaced layer(s) '
+                            'are new, so they train with the head while the body is frozen')
         d = self.cfg.training.dp
         logger.info(f'DP-SGD: noise multiplier {self.optimizer.noise_multiplier:.3f}, '
                     f'max grad norm {d.max_grad_norm}, delta {d.target_delta}')

@@ -41,7 +41,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #da469b11
+# %% ../nbs/09_trainer.ipynb #498d14fb
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -71,6 +71,7 @@ class BaseTrainer:
         self._probe = None   # during a linear probe on cached features: the classifier
         self.ema, self.mixer, self.best_weights, self.resume_changes, self._frozen = (
             None, None, 'model', '', False)
+        self.trained_when_frozen = set()  # body parameters that train even while it is frozen
 
     def select_device(self) -> torch.device: return get_device(self.cfg.training.device)
     # -- hooks that subclasses change --------------------------------------------------------------
@@ -165,7 +166,12 @@ class BaseTrainer:
 
     def _restore(self, ck:dict):
         load_weights(self.unwrapped_model, ck['model'], str(self.resume_from))
-        self.optimizer.load_state_dict(ck['optimizer'])
+        try: self.optimizer.load_state_dict(ck['optimizer'])
+        except ValueError as e:   # parameter groups of another number or size
+            raise ConfigError(f'{self.resume_from}: its optimizer state does not fit the optimizer '
+                              f'this config builds ({e}): optimizer.backbone_lr_mult or '
+                              'optimizer.layer_decay changed how the parameters are grouped; '
+                              'resume with the settings of the run, or start a new run') from None
         if ck.get('scheduler') is not None: self.scheduler.load_state_dict(ck['scheduler'])
         if self.scaler is not None and ck.get('scaler'): self.scaler.load_state_dict(ck['scaler'])
         self.epoch, self.step_in_epoch = ck['epoch'], ck.get('step_in_epoch', 0)
@@ -185,6 +191,10 @@ class BaseTrainer:
          "patience, a re-planned schedule for other epochs or batch size) and log it.")
         if not self.resume_changes: return
         cfg, o = self.cfg, self.cfg.optimizer
+        if (ck['config'].get('optimizer') or {}).get('layer_decay') != o.get('layer_decay'):
+            raise ConfigError(f'{self.resume_from}: optimizer.layer_decay cannot change when a run '
+                              'resumes, even with --force_resume (the learning rates of its '
+                              'parameter groups depend on it); start a new run')
         self._notes.append(f'resuming with changed settings: {self.resume_changes}')
         for g in self.optimizer.param_groups:
             if g.get('decay', True) and 'weight_decay' in g: g['weight_decay'] = o.weight_decay
@@ -415,7 +425,7 @@ class BaseTrainer:
                     if better:
                         kept, value = ev, ev[MONITOR_KEY[monitor]]
                         weights = self.ema.module.state_dict()
-                lr = self.optimizer.param_groups[0]['lr']
+                lr = self.optimizer.param_groups[-1]['lr']   # the head's: optimizer.lr's
                 row = {'epoch': self.epoch + 1, 'train_loss': tr['loss'], 'train_acc': tr['acc'],
                        'val_loss': val['loss'], 'val_acc': val['acc'],
                        'val_macro_f1': val['macro_f1'], 'val_balanced_acc': val['balanced_acc'],
@@ -485,8 +495,11 @@ class BaseTrainer:
             logger.info('the body is frozen: only the classifier trains' if frozen else
                         f'epoch {self.epoch + 1}: the body is unfrozen (after '
                         f'{t.freeze_epochs} epoch(s) of the head alone); it learns at '
-                        f'{self.cfg.optimizer.backbone_lr_mult:g} x the head\'s rate')
-            body = [p for n, p in model.named_parameters() if n not in head]
+                        f'{self.cfg.optimizer.backbone_lr_mult:g} x the head\'s rate'
+                        + (f', each block below at {ld:g} x the rate of the one above'
+                           if (ld := self.cfg.optimizer.get('layer_decay')) else ''))
+            body = [p for n, p in model.named_parameters()
+                    if n not in head and n not in self.trained_when_frozen]
             if not self.freeze_drops_grads:
                 for p in body: p.requires_grad_(not frozen)
             self._frozen, self._body = frozen, body

@@ -61,7 +61,7 @@ def autocast_dtype(cfg:Config, # the run's config (training.trainer_type, traini
     if cfg.training.trainer_type != 'mixed_precision': return None
     return getattr(torch, cfg.training.amp_dtype) if device.type == 'cuda' else torch.bfloat16
 
-# %% ../nbs/08a_training.ipynb #29545cdb
+# %% ../nbs/08a_training.ipynb #f1d88f86
 def build_criterion(cfg:Config, targets:list[int], num_classes:int,
                     device='cpu') -> nn.CrossEntropyLoss:
     ("Cross-entropy as `cfg.loss` says, with class weights computed from the training `targets` "
@@ -95,8 +95,9 @@ def _blocks(mod:nn.Module, prefix:str, names:list[str], sizes:dict) -> list[tupl
 def layer_depths(model:nn.Module, head:list[str]) -> dict[str, int]:
     ("The depth of each body parameter (`head`: the classifier's names), from 0 at the input to "
      "the last block: timm's own grouping for a timm model, else the model's blocks in order (a "
-     "child holding most of the weights is split into its blocks; a run of single layers, like a "
-     "stem's convolution and BatchNorm, is one block).")
+     "child holding most of the weights is split into its blocks; a normalisation layer, with "
+     "no weights of two or more dimensions, joins the layer before it, as a stem's BatchNorm "
+     "joins its convolution).")
     head = set(head)
     body = [n for n, _ in model.named_parameters() if n not in head]
     if hasattr(model, 'group_matcher'):
@@ -105,10 +106,11 @@ def layer_depths(model:nn.Module, head:list[str]) -> dict[str, int]:
         dense = {g: i for i, g in enumerate(sorted({ids.get(n, -1) for n in body}))}
         return {n: dense[ids.get(n, -1)] for n in body}
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-    depth, d, prev_leaf = {}, -1, False
+    ndim = dict((n, p.ndim) for n, p in model.named_parameters())
+    depth, d = {}, -1
     for names, leaf in _blocks(model, '', body, sizes):
-        if not (leaf and prev_leaf): d += 1
-        depth.update(dict.fromkeys(names, d)); prev_leaf = leaf
+        if not (leaf and d >= 0 and all(ndim[n] <= 1 for n in names)): d += 1
+        depth.update(dict.fromkeys(names, d))
     return depth
 
 def build_optimizer(cfg:Config, model:nn.Module,
@@ -116,8 +118,9 @@ def build_optimizer(cfg:Config, model:nn.Module,
                    ) -> torch.optim.Optimizer:
     ("SGD, Adam or AdamW from `cfg.optimizer`; biases and normalisation weights get no weight "
      "decay; with `num_classes`, the body (all but the classifier) learns at "
-     "`optimizer.backbone_lr_mult` times the head's rate, and with `optimizer.layer_decay` each "
-     "block of the body at `layer_decay` times the rate of the block above it.")
+     "`optimizer.backbone_lr_mult` times the head's rate, and with `optimizer.layer_decay` the "
+     "body's top block at `layer_decay` times that, each block below at `layer_decay` times the "
+     "rate of the block above it (`layer_depths`).")
     o = cfg.optimizer
     head = head_names(model, num_classes) if num_classes else []
     ld = o.get('layer_decay') if num_classes else None

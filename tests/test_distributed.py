@@ -177,3 +177,15 @@ def test_two_process_fine_tuning_freezes_then_trains_the_body_in_step(tmp_path, 
     assert any(after1[k] != after2[k] for k in body)                # then the body did
     log = (tmp_path / 'runs' / 'tiny_fold_0' / 'logs' / 'train.log').read_text()
     assert 'the body is unfrozen' in log, log
+    # a linear probe: the body is left out of DDP for good (no gradient computed or reduced)
+    cfg['training'].update(freeze_epochs=0, mode='linear_probe', num_epochs=1)
+    cfg['output'] = {'runs_dir': 'probe_runs'}
+    p.write_text(yaml.safe_dump(cfg))
+    args[-1] = str(tmp_path / 'probe')
+    res = subprocess.run(args, cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and 'Traceback' not in res.stderr, show(res)
+    ranks = [json.loads((tmp_path / f'probe.{r}.json').read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    start, after = ranks[0]
+    assert all(start[k] == loaded[k] == after[k] for k in body)
+    assert any(start[k] != after[k] for k in head)
