@@ -152,7 +152,7 @@ def machine_info() -> dict:
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
                 pretrained=find_pretrained(cuda))
 
-# %% ../nbs/09e_autoconfig.ipynb #f2bd04a2
+# %% ../nbs/09e_autoconfig.ipynb #5523f06c
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
@@ -256,8 +256,10 @@ def recipe(info:dict, # from `inspect_dataset`
                            'decay to almost zero')
     r['loss.label_smoothing'] = (0.1, 'softer targets: less over-confident models')
     r['training.early_stopping_patience'] = (0, 'off: a one-cycle run is best at its end, at '
-                                             'the lowest learning rate; best.pt keeps the best '
-                                             'validation epoch anyway')
+                                             'the lowest learning rate')
+    r['training.monitor'] = (None, 'best.pt is the last epoch, where the one-cycle schedule ends: '
+                             'the best of many epochs on a small validation set is the luckiest '
+                             'on those images, not the best model (set val_acc to choose by it)')
     fast = gpu or machine.get('bf16')
     r['training.trainer_type'] = ('mixed_precision' if fast else 'standard', (
         'float16 autocast on the GPU' if gpu else 'this CPU computes bfloat16 natively '
@@ -268,7 +270,6 @@ def recipe(info:dict, # from `inspect_dataset`
     if info['imbalance'] > 3:
         why = f"largest/smallest class {info['imbalance']}: "
         r['loss.class_weights'] = ('balanced', why + 'classes weighted by their frequency')
-        r['training.monitor'] = ('balanced_acc', why + 'best.pt chosen by balanced accuracy')
     return r
 
 def suggest_values(info:dict, machine:dict) -> dict:

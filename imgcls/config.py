@@ -104,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #54e6203f
+# %% ../nbs/01_config.ipynb #ea254b15
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -144,7 +144,8 @@ _RULES = {
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
     'training.gradient_accumulation_steps': dict(min=1),
-    'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc']),
+    'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc'],
+                             null=True),
     'training.early_stopping_patience': dict(min=0),
     'training.max_grad_norm': dict(type=float, gt=0, null=True),
     'training.max_bad_steps': dict(min=0),

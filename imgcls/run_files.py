@@ -127,7 +127,7 @@ def open_run_folder(trainer, # a trainer being set up: `cfg`, `device`, `dataset
     others = [cb for cb in trainer.callbacks if not isinstance(cb, TensorBoardScalars)]
     trainer.callbacks = [TensorBoardScalars(trainer.writer), *others]  # first: a pruned epoch too
 
-# %% ../nbs/08b_run_files.ipynb #37b42dca
+# %% ../nbs/08b_run_files.ipynb #a1aae0ad
 def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
                  seconds:float, # the training time
                  stopped_early:bool, # did early stopping end it?
@@ -204,8 +204,9 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
 def summary_text(s:dict) -> str:
     "`summary.txt`: the run, the trainer, the epochs, the time and the val/test figures."
     lines = [f"run: {s['run_dir']}", f"trainer: {s['trainer_type']} on {s['device']}",
-             f"epochs: {s['epochs_run']} (best {s['best_epoch']} by {s['monitor']} "
-             f"= {s['best_value']})"
+             f"epochs: {s['epochs_run']} " + (f"(best {s['best_epoch']} by {s['monitor']} "
+                                              f"= {s['best_value']})" if s['monitor'] else
+                                              '(best.pt: the last epoch)')
              + (', stopped early' if s['stopped_early'] else ''),
              f"time: {s['train_time_s']}s"]
     for split in ('val', 'test'):

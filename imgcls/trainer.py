@@ -41,7 +41,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #498d14fb
+# %% ../nbs/09_trainer.ipynb #0e098735
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -150,6 +150,10 @@ class BaseTrainer:
         self.scaler = self.make_scaler()
         self.early = EarlyStopping(cfg.training.early_stopping_patience,
                                    MONITOR_MODE[cfg.training.monitor])
+        if cfg.training.monitor is None and cfg.training.early_stopping_patience:
+            raise ConfigError('training.early_stopping_patience needs a metric to watch, and '
+                              'training.monitor is null (best.pt is the last epoch): set the '
+                              'patience to 0, or a monitor such as val_acc')
         if self.trainer_type == 'dp' and (cfg.augmentation.mixup or cfg.augmentation.cutmix
                                           or cfg.training.ema_decay):
             raise ConfigError('training.trainer_type dp: augmentation.mixup, augmentation.cutmix '
@@ -203,6 +207,11 @@ class BaseTrainer:
             if g.get('part') == 'body': g['lr_mult'] = o.backbone_lr_mult * g.get('layer_scale', 1)
             g['initial_lr'] = o.lr * g.get('lr_mult', 1.0)
         self.early.patience = cfg.training.early_stopping_patience
+        if (ck['config'].get('training') or {}).get('monitor') != cfg.training.monitor:
+            self.early = EarlyStopping(cfg.training.early_stopping_patience,
+                                       MONITOR_MODE[cfg.training.monitor])
+            self._notes.append(f'training.monitor is now {cfg.training.monitor}: best.pt is '
+                               'chosen afresh from the next epoch on')
         old_bs = ck['config']['training']['batch_size']
         if old_bs != cfg.training.batch_size and self.step_in_epoch:
             self._notes.append(f'batch size {old_bs} -> {cfg.training.batch_size} in the middle '
@@ -420,8 +429,8 @@ class BaseTrainer:
                 if self.ema is not None:
                     ev, _, _ = self.validate('val', self.ema.module)
                     ema_row = {'ema_val_loss': ev['loss'], 'ema_val_acc': ev['acc']}
-                    better = (ev[MONITOR_KEY[monitor]] > value if MONITOR_MODE[monitor] == 'max'
-                              else ev[MONITOR_KEY[monitor]] < value)
+                    better = (ev[MONITOR_KEY[monitor]] < value if MONITOR_MODE[monitor] == 'min'
+                              else ev[MONITOR_KEY[monitor]] > value)
                     if better:
                         kept, value = ev, ev[MONITOR_KEY[monitor]]
                         weights = self.ema.module.state_dict()

@@ -217,21 +217,22 @@ def replan_schedule(scheduler, optimizer, cfg:Config, steps_per_epoch:int):
     for g, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         g['lr'] = base * f(step)
 
-# %% ../nbs/08a_training.ipynb #a1b64556
-MONITOR_MODE = {'val_acc': 'max', 'val_loss': 'min', 'macro_f1': 'max', 'balanced_acc': 'max'}
+# %% ../nbs/08a_training.ipynb #5b7ef337
+MONITOR_MODE = {'val_acc': 'max', 'val_loss': 'min', 'macro_f1': 'max', 'balanced_acc': 'max',
+                None: 'last'}   # null: best.pt is the last epoch
 MONITOR_KEY = {'val_acc': 'acc', 'val_loss': 'loss', 'macro_f1': 'macro_f1',
-                'balanced_acc': 'balanced_acc'}
+                'balanced_acc': 'balanced_acc', None: 'acc'}
 
 class EarlyStopping:
-    ("Tracks the best value of a metric; `should_stop` after `patience` epochs without improvement "
-     "(0: never).")
+    ("Tracks the best value of a metric (`mode` max or min; last: every epoch is the best); "
+     "`should_stop` after `patience` epochs without improvement (0: never).")
     def __init__(self, patience:int=10, mode:str='max', min_delta:float=0.0):
         self.patience, self.mode, self.min_delta = patience, mode, min_delta
         self.best, self.best_epoch, self.bad_epochs, self.best_loss = None, None, 0, None
 
     def improved(self, value:float, loss:float|None=None) -> bool:
         if not math.isfinite(value): return False
-        if self.best is None: return True
+        if self.best is None or self.mode == 'last': return True
         if value == self.best and loss is not None and self.best_loss is not None:
             return loss < self.best_loss  # a tie (say 100% twice): the lower loss wins
         return (value > self.best + self.min_delta if self.mode == 'max'
@@ -249,7 +250,8 @@ class EarlyStopping:
         return False
 
     @property
-    def should_stop(self) -> bool: return self.patience > 0 and self.bad_epochs >= self.patience
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.mode != 'last' and self.bad_epochs >= self.patience
     def state_dict(self) -> dict: return dict(vars(self))
     def load_state_dict(self, d:dict): vars(self).update(d)
 
