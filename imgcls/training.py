@@ -61,7 +61,7 @@ def autocast_dtype(cfg:Config, # the run's config (training.trainer_type, traini
     if cfg.training.trainer_type != 'mixed_precision': return None
     return getattr(torch, cfg.training.amp_dtype) if device.type == 'cuda' else torch.bfloat16
 
-# %% ../nbs/08a_training.ipynb #f1d88f86
+# %% ../nbs/08a_training.ipynb #df85efc0
 def build_criterion(cfg:Config, targets:list[int], num_classes:int,
                     device='cpu') -> nn.CrossEntropyLoss:
     ("Cross-entropy as `cfg.loss` says, with class weights computed from the training `targets` "
@@ -80,14 +80,16 @@ def build_criterion(cfg:Config, targets:list[int], num_classes:int,
                                label_smoothing=cfg.loss.label_smoothing)
 
 def _blocks(mod:nn.Module, prefix:str, names:list[str], sizes:dict) -> list[tuple[list, bool]]:
-    "`names` (under `mod`) in blocks, in order: `[(names, is_leaf)]`; a child holding most splits."
+    ("`names` (under `mod`) in blocks, in order: `[(names, is_leaf)]`; a child that holds most "
+     "of them, or is a plain sequence of layers (VGG's `features`), is split.")
     order = list(dict.fromkeys(n[len(prefix):].split('.')[0] for n in names))
     total, out = sum(sizes[n] for n in names), []
     for key in order:
         sub = [n for n in names if n[len(prefix):].split('.')[0] == key]
         child = getattr(mod, key)
         kids = isinstance(child, nn.Module) and any(True for _ in child.children())
-        if kids and 2 * sum(sizes[n] for n in sub) > total and len(sub) > 1:
+        layers = kids and not any(True for c in child.children() for _ in c.children())
+        if kids and len(sub) > 1 and (layers or 2 * sum(sizes[n] for n in sub) > total):
             out += _blocks(child, f'{prefix}{key}.', sub, sizes)
         else: out.append((sub, not kids))
     return out
