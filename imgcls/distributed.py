@@ -16,7 +16,7 @@ from .trainer import BaseTrainer, register_trainer
 # %% auto #0
 __all__ = ['AccelerateTrainer']
 
-# %% ../nbs/09a_distributed.ipynb #262cac4c
+# %% ../nbs/09a_distributed.ipynb #c72d5cba
 class AccelerateTrainer(BaseTrainer):
     "The training loop under Hugging Face Accelerate: any number of processes and machines."
     trainer_type = 'accelerate'
@@ -57,8 +57,7 @@ class AccelerateTrainer(BaseTrainer):
     def prepare(self):
         acc = self.accelerator
         if self.cfg.training.mode == 'linear_probe':   # frozen for good: DDP leaves the body out
-            for n, p in self.model.named_parameters():
-                if n not in self.head: p.requires_grad_(False)
+            self._freeze_body(True)
         self.model, self.optimizer, self.scheduler = acc.prepare(self.model, self.optimizer,
                                                                  self.scheduler)
         for k in list(self.dls): self.dls[k] = acc.prepare(self.dls[k])
