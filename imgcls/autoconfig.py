@@ -15,10 +15,11 @@ from .core import ConfigError, DataError, atomic_write, cpu_features
 from .images import class_folders, list_image_files
 
 # %% auto #0
-__all__ = ['FINE_TUNE_CPU', 'FINE_TUNE_GPU', 'MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'FINE_TUNE_MIN_SIDE',
-           'FINE_TUNE_MIN_IMAGES', 'FINE_TUNE_MIN_EPOCHS', 'FINE_TUNE_MAX_EPOCHS', 'FINE_TUNE_LR', 'LR', 'TRAIN_SHARE',
-           'set_template_value', 'set_template_block', 'drop_section', 'inspect_dataset', 'find_pretrained',
-           'machine_info', 'recipe', 'suggest_values', 'search_space', 'step_seconds', 'init_config']
+__all__ = ['FINE_TUNE_CPU', 'FINE_TUNE_GPU', 'MIN_IMAGES', 'MIN_EPOCHS', 'MAX_EPOCHS', 'FULL_EPOCHS', 'FULL_MAX_IMAGES',
+           'EPOCH_MIN_IMAGES', 'FINE_TUNE_MIN_SIDE', 'FINE_TUNE_MIN_IMAGES', 'FINE_TUNE_MIN_EPOCHS',
+           'FINE_TUNE_MAX_EPOCHS', 'FINE_TUNE_LR', 'LR', 'TRAIN_SHARE', 'set_template_value', 'set_template_block',
+           'drop_section', 'inspect_dataset', 'find_pretrained', 'machine_info', 'recipe', 'suggest_values',
+           'search_space', 'step_seconds', 'init_config']
 
 # %% ../nbs/09e_autoconfig.ipynb #46f61455
 _LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')
@@ -152,10 +153,12 @@ def machine_info() -> dict:
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
                 pretrained=find_pretrained(cuda))
 
-# %% ../nbs/09e_autoconfig.ipynb #5523f06c
+# %% ../nbs/09e_autoconfig.ipynb #e7b9a309
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
-MAX_EPOCHS = 300     # a tiny set takes many short epochs to reach MIN_IMAGES
+MAX_EPOCHS = 300     # passes over a tiny set to reach MIN_IMAGES, at most
+FULL_EPOCHS, FULL_MAX_IMAGES = 15, 48_000  # each image 15 times where that is 48,000 or fewer
+EPOCH_MIN_IMAGES = 1_000  # an epoch of a small set repeats its images (training.epoch_repeats)
 FINE_TUNE_MIN_SIDE = 48     # smaller images train from scratch (pretrained nets see 64 px and up)
 FINE_TUNE_MIN_IMAGES, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS = 5_000, 5, 40
 FINE_TUNE_LR = 1e-3  # the new classifier's peak; the body at a tenth of it
@@ -164,10 +167,11 @@ TRAIN_SHARE = 0.64  # of the images, in a training split by ml-split's defaults 
 
 def _pow2_floor(x:float) -> int: return 1 << max(0, int(x).bit_length() - 1)
 
-def _budget(n_images:int, batch_size:int) -> tuple[int, int]:
-    "Estimated training images and optimizer steps an epoch for `n_images` at `batch_size`."
+def _budget(n_images:int, batch_size:int, repeats:int=1) -> tuple[int, int]:
+    """Estimated training images and optimizer steps an epoch for `n_images` at `batch_size`,
+    `repeats` passes an epoch."""
     n_train = max(1, round(n_images * TRAIN_SHARE))
-    return n_train, max(1, math.ceil(n_train / batch_size))
+    return n_train, max(1, math.ceil(n_train * repeats / batch_size))
 
 def recipe(info:dict, # from `inspect_dataset`
            machine:dict, # from `machine_info`
@@ -230,15 +234,27 @@ def recipe(info:dict, # from `inspect_dataset`
                                        'or other images that have no up')
     cap = 128 if size <= 64 else 64
     bs = min(cap, max(8, _pow2_floor(n_train / 10)))
-    _, spe = _budget(info['n_images'], bs)
     least, hi = (FINE_TUNE_MIN_IMAGES, FINE_TUNE_MAX_EPOCHS) if ft else (MIN_IMAGES, MAX_EPOCHS)
     lo = (FINE_TUNE_MIN_EPOCHS if ft else MIN_EPOCHS) if n_train <= 100_000 else 3
-    epochs = min(hi, max(lo, math.ceil(least / n_train)))
-    r['training.batch_size'] = (bs, f'about {n_train} training images: {spe} steps an epoch '
-                                '(aim: 10 or more)')
-    r['training.num_epochs'] = (epochs, f'{n_train * epochs:,} images seen in all, '
+    full = 0 if ft else min(FULL_EPOCHS, FULL_MAX_IMAGES // n_train)
+    passes = min(hi, max(lo, full, math.ceil(least / n_train)))  # over the training images
+    reps = 1 if ft else max(1, min(math.ceil(EPOCH_MIN_IMAGES / n_train), passes // lo))
+    epochs = math.ceil(passes / reps)
+    _, spe = _budget(info['n_images'], bs, reps)
+    r['training.batch_size'] = (bs, f'about {n_train} training images'
+                                + (f', {reps} times an epoch' if reps > 1 else '')
+                                + f': {spe} steps an epoch (aim: 10 or more)')
+    r['training.num_epochs'] = (epochs, f'{n_train * reps * epochs:,} images seen in all, '
                                 f'{spe * epochs} optimizer steps (at least {least:,} images, '
-                                f'within {lo}-{hi} epochs)')
+                                f'within {lo}-{hi} passes'
+                                + (f'; up to {FULL_EPOCHS} passes within '
+                                   f'{FULL_MAX_IMAGES:,} images' if passes == full > lo else '')
+                                + ')')
+    if reps > 1:
+        r['training.epoch_repeats'] = (reps, (
+            f'a small set: an epoch passes over the training images {reps} times (about '
+            f'{n_train * reps:,} images), so the run is {epochs} epochs rather than {passes} short '
+            'ones, validation runs less often, and a shorter --num_epochs still trains'))
     r['optimizer.type'] = ('adamw', 'AdamW with a one-cycle schedule trains fast and needs no '
                            'tuning of its own')
     if ft:
@@ -293,7 +309,7 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                     e for e in (0, 1, 3) if e < values['training.num_epochs']]}}
                if values.get('training.freeze_epochs') else {})}
 
-# %% ../nbs/09e_autoconfig.ipynb #57725413
+# %% ../nbs/09e_autoconfig.ipynb #b05640c0
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -366,7 +382,8 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     w, h = info['median_size']
     vals = {k: v for k, (v, _) in values.items()}
     bs = vals['training.batch_size']
-    n_train, spe = _budget(info['n_images'], bs)
+    reps = vals.get('training.epoch_repeats', 1)
+    n_train, spe = _budget(info['n_images'], bs, reps)
     steps = spe * vals['training.num_epochs']
     cpu = f"{machine['cpus']} CPU cores" + (', native bfloat16' if machine.get('bf16') else '')
     ft, short = machine.get('pretrained'), min(info['median_size'])
@@ -384,7 +401,8 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
             f"# Dataset: {len(info['classes'])} classes, {info['n_images']} images, "
             f"typical size {w}x{h}, largest/smallest class {info['imbalance']}.\n"
             f"# Machine: {'CUDA GPU' if machine['cuda'] else 'CPU only'}, {cpu}.\n" + start +
-            f"# Recipe: about {n_train} training images in batches of {bs}, "
+            f"# Recipe: about {n_train} training images"
+            + (f' ({reps} passes an epoch)' if reps > 1 else '') + f" in batches of {bs}, "
             f"{vals['training.num_epochs']} epochs: {steps} optimizer steps{eta}"
             + (f"; a time budget of {time_budget_min:g} min re-plans the epochs"
                if time_budget_min else '') + ".\n"

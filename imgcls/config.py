@@ -104,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #ea254b15
+# %% ../nbs/01_config.ipynb #4d646821
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -143,6 +143,7 @@ _RULES = {
     'training.trainer_type': dict(choices=list(TRAINER_MODULES)),
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
+    'training.epoch_repeats': dict(type=int, min=1),
     'training.gradient_accumulation_steps': dict(min=1),
     'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc'],
                              null=True),

