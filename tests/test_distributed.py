@@ -10,6 +10,7 @@ import subprocess
 import yaml
 from helpers import command, env, show
 
+from imgcls.checkpoint import load_checkpoint
 from imgcls.config import Config
 from imgcls.data import get_dataloaders, get_datasets
 from imgcls.evaluation import evaluate
@@ -24,14 +25,14 @@ def _free_port() -> int:
 
 def _accelerate_config(tmp_path, num_epochs: int, batch_size: int, recipe: bool = False):
     """A config for the tiny dataset (`tiny_split`) with `trainer_type: accelerate`, on CPU;
-    `recipe`: with model EMA, MixUp and test-time augmentation as well."""
+    `recipe`: with model EMA, MixUp, test-time augmentation and two passes an epoch as well."""
     cfg = {'data': {'data_dir': 'data/tiny', 'image_size': 16, 'resize_size': 16, 'num_workers': 0},
            'augmentation': {'horizontal_flip': 0.0, **({'mixup': 0.2} if recipe else {})},
            'model': {'type': 'custom', 'custom_architecture': 'simple_cnn'},
            'optimizer': {'lr': 0.05},
            'training': {'trainer_type': 'accelerate', 'num_epochs': num_epochs,
                         'batch_size': batch_size, 'device': 'cpu',
-                        **({'ema_decay': 0.9} if recipe else {})},
+                        **({'ema_decay': 0.9, 'epoch_repeats': 2} if recipe else {})},
            **({'evaluation': {'tta': True}} if recipe else {})}
     p = tmp_path / 'tiny_config.yaml'
     p.write_text(yaml.safe_dump(cfg))
@@ -57,6 +58,11 @@ def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
     assert s['val']['n'] == 40 and s['test']['n'] == 20, s   # every image once, no padding repeats
     assert s['test_tta']['n'] == 20 and all('ema_val_acc' in h for h in s['history']), s
     assert s['best_weights'] in ('model', 'ema'), s
+    # epoch_repeats 2: each process takes its half of two passes an epoch, batches of 8
+    index = (tmp_path / 'data' / 'tiny' / 'splits' / 'fold_0_train.txt').read_text()
+    n_train = len([ln for ln in index.splitlines() if ln.strip()])
+    last = load_checkpoint(rd / 'weights' / 'last.pt')
+    assert last['global_step'] == 2 * -(-2 * n_train // (8 * 2)), (last['global_step'], n_train)
     assert sum(map(sum, json.loads((rd / 'logs' / 'metrics_val.json').read_text())
                    ['confusion_matrix'])) == 40
     # the checkpoint loads in one process and gives the same test accuracy
