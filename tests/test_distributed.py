@@ -15,6 +15,7 @@ from imgcls.config import Config
 from imgcls.data import get_dataloaders, get_datasets
 from imgcls.evaluation import evaluate
 from imgcls.models import model_from_checkpoint
+from imgcls.splits import load_split
 
 
 def _free_port() -> int:
@@ -59,8 +60,7 @@ def test_two_cpu_processes_over_gloo(tmp_path, tiny_split):
     assert s['test_tta']['n'] == 20 and all('ema_val_acc' in h for h in s['history']), s
     assert s['best_weights'] in ('model', 'ema'), s
     # epoch_repeats 2: each process takes its half of two passes an epoch, batches of 8
-    index = (tmp_path / 'data' / 'tiny' / 'splits' / 'fold_0_train.txt').read_text()
-    n_train = len([ln for ln in index.splitlines() if ln.strip()])
+    n_train = len(load_split(tmp_path / 'data' / 'tiny', 'train', fold=0)[0])
     last = load_checkpoint(rd / 'weights' / 'last.pt')
     assert last['global_step'] == 2 * -(-2 * n_train // (8 * 2)), (last['global_step'], n_train)
     assert sum(map(sum, json.loads((rd / 'logs' / 'metrics_val.json').read_text())
