@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Services the tests need, from Debian's packages, started on loopback only. Source it:
+# Services and tools the tests need, from Debian's packages, started on loopback only. Source it:
 #   . .ci/services.sh     (exports IMGCLS_TEST_POSTGRES_URL; stop with imgcls_services_stop)
 need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# QEMU's user-mode emulator: tests/test_other_cpus.py runs imgcls on an emulated AVX2-only CPU
+if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null 2>&1; then need+=(qemu-user); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} from Debian's packages"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,133 @@
+"""What an x86 CPU with AVX2 only (no AVX512, no VNNI, no native bfloat16) makes of imgcls, checked
+on whatever CPU runs the tests: the code runs under QEMU's user-mode emulator as a Haswell
+(`qemu-x86_64 -cpu Haswell`), whose CPUID is what torch and ONNX Runtime choose their kernels by.
+
+- The default int8 file (7-bit weights) gives the same probabilities there as on this CPU, and a
+  full-range file is warned about there.
+- A config made there trains in float32 (`standard`), and `mixed_precision` there says why it is
+  slow.
+
+qemu-user passes the host's /proc/cpuinfo through unchanged, so the emulated process reads the
+CPU's features from CPUID (torch's checks) instead; numpy's own AVX2+ sort kernels are switched
+off there (QEMU 7.2 crashes in them), which changes nothing imgcls computes."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import BIN, assert_ok, env, run, show, tiny_config
+
+QEMU = shutil.which('qemu-x86_64')
+pytestmark = pytest.mark.skipif(
+    platform.machine().lower() not in ('x86_64', 'amd64') or QEMU is None,
+    reason='needs an x86_64 machine with QEMU user-mode emulation (Debian: apt-get install '
+           'qemu-user; .ci/services.sh installs it)')
+
+PRELUDE = """
+import imgcls.core as _core
+_core._cpuinfo_flags = lambda: None  # the host's /proc/cpuinfo: read the emulated CPUID instead
+_core.cpu_features.cache_clear()
+"""
+
+
+def emulated(code: str, args: list, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    "Run Python `code` (sys.argv[1:] = `args`) on an emulated AVX2-only CPU."
+    e = {**env(), 'NPY_DISABLE_CPU_FEATURES': 'X86_V3 X86_V4 AVX512_ICL AVX512_SPR',
+         'OMP_NUM_THREADS': '1'}
+    argv = [QEMU, '-cpu', 'Haswell', sys.executable, '-c', PRELUDE + code, *map(str, args)]
+    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=e, timeout=timeout)
+    res.stderr = '\n'.join(ln for ln in res.stderr.splitlines()
+                           if not ln.startswith('qemu-x86_64: warning: TCG'))
+    return res
+
+
+def emulated_command(name: str, args: list, cwd, timeout: float = 600):
+    "Console command `name` run on the emulated CPU, as a user there would run it."
+    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    return emulated(code, [BIN / name, *args], cwd, timeout)
+
+
+CPU = """
+import json, torch
+from imgcls.core import cpu_features
+print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(), **cpu_features()}))
+"""
+
+
+def test_the_emulated_cpu_is_avx2_only(tmp_path):
+    res = emulated(CPU, [], tmp_path)
+    assert res.returncode == 0, show(res)
+    f = json.loads(res.stdout.splitlines()[-1])
+    assert (f['capability'], f['avx2'], f['avx512'], f['vnni'], f['bf16']) == \
+        ('AVX2', True, False, False, False), f
+
+
+PROBS = """
+import json, sys, torch
+from imgcls.onnx_runtime import OnnxPredictor
+paths = json.loads(open(sys.argv[1]).read())
+print(json.dumps({m: OnnxPredictor(m, threads=1).predict_proba(paths).tolist()
+                  for m in sys.argv[2:]}))
+"""
+
+
+def test_int8_default_gives_the_same_answers_on_an_avx2_only_cpu(my_project):
+    from imgcls.onnx_runtime import OnnxPredictor
+    w = my_project / 'runs' / 'my_run' / 'weights'
+    for rng in ('reduced', 'full'):    # made here, by the command a user runs
+        assert_ok(run(['ml-export', '--checkpoint', w / 'best.pt', '--quantize', 'int8',
+                       '--int8_range', rng, '--calib_images', '32', '--bench_iters', '2',
+                       '--bench_warmup', '0'], my_project))
+        shutil.copy(w / 'best.int8.onnx', w / f'{rng}.int8.onnx')
+    assert_ok(run(['ml-export', '--checkpoint', w / 'best.pt', '--quantize', 'int8',
+                   '--calib_images', '32', '--bench_iters', '2', '--bench_warmup', '0'],
+                  my_project))            # no --int8_range: the default
+    models = [w / 'best.onnx', w / 'best.int8.onnx', w / 'full.int8.onnx']
+    paths = sorted(map(str, (my_project / 'data' / 'my_dataset' / 'raw').rglob('*.png')))
+    (my_project / 'paths.json').write_text(json.dumps(paths))
+    here = {str(m): OnnxPredictor(m, threads=1).predict_proba(paths) for m in models}
+    res = emulated(PROBS, ['paths.json', *models], my_project)
+    assert res.returncode == 0, show(res)
+    there = {k: np.asarray(v) for k, v in json.loads(res.stdout.splitlines()[-1]).items()}
+    fp32, q7, q8 = (str(m) for m in models)
+    assert np.abs(there[fp32] - here[fp32]).max() < 1e-4       # float kernels differ in rounding
+    # the default file: the same int8 arithmetic on both CPUs, so the same answers
+    assert OnnxPredictor(q7).meta['int8_range'] == 'reduced'
+    assert np.abs(there[q7] - here[q7]).max() < 1e-5, np.abs(there[q7] - here[q7]).max()
+    assert (there[q7].argmax(1) == here[q7].argmax(1)).all()
+    # full range: loading it there is warned about, with the fix
+    assert f'{q8} has full-range (8-bit) int8 weights' in res.stderr, show(res)
+    assert 'has no VNNI' in res.stderr and '--int8_range reduced' in res.stderr
+    assert f'{q7} has full-range' not in res.stderr
+    d = np.abs(there[q8] - here[q8]).max()
+    print(f'full-range int8, max |prob diff| between this CPU and an AVX2-only one: {d:.3g}; '
+          f'7-bit: {np.abs(there[q7] - here[q7]).max():.3g}')
+
+
+def test_an_avx2_only_cpu_gets_float32_and_a_reason(tiny_split):
+    root = tiny_split.parent.parent
+    res = emulated_command('ml-init-config', ['data/tiny'], root)
+    assert res.returncode == 0, show(res)
+    lines = (root / 'configs' / 'tiny_config.yaml').read_text().splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.strip().startswith('trainer_type:'))
+    assert lines[i].split()[:2] == ['trainer_type:', 'standard'], lines[i - 1:i + 1]
+    assert 'float32: this CPU has no native bfloat16' in lines[i - 1], lines[i - 1:i + 1]
+    machine = next(ln for ln in lines if ln.startswith('# Machine:'))
+    assert 'bfloat16' not in machine, machine
+    # asked for anyway, mixed precision works there (bf16 emulated in software) and says so
+    cfg = tiny_config(root, 'configs/mp.yaml', training__num_epochs=1,
+                      training__trainer_type='mixed_precision')
+    res = emulated_command('ml-train', ['--config', cfg.relative_to(root)], root)
+    assert res.returncode == 0, show(res)
+    assert 'this CPU has no native bfloat16; mixed precision may be slower than standard' \
+        in res.stderr + res.stdout, show(res)
+    [run_dir] = (root / 'runs').iterdir()
+    assert (run_dir / 'weights' / 'best.pt').is_file()
+    assert 'bfloat16 autocast on cpu' in (run_dir / 'logs' / 'train.log').read_text()
+
