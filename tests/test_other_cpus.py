@@ -1,26 +1,23 @@
 """What an x86 CPU with AVX2 only (no AVX512, no VNNI, no native bfloat16) makes of imgcls, checked
-on whatever CPU runs the tests: the code runs under QEMU's user-mode emulator as a Haswell
-(`qemu-x86_64 -cpu Haswell`), whose CPUID is what torch and ONNX Runtime choose their kernels by.
+on whatever CPU runs the tests: the code runs under QEMU's user-mode emulator as a Haswell, through
+`tools/avx2_emulated.sh` (which also says how it makes imgcls read the emulated CPU), whose CPUID
+is what torch and ONNX Runtime choose their kernels by.
 
 - The default int8 file (7-bit weights) gives the same probabilities there as on this CPU, and a
   full-range file is warned about there.
 - A config made there trains in float32 (`standard`), and `mixed_precision` there says why it is
-  slow.
-
-qemu-user passes the host's /proc/cpuinfo through unchanged, so the emulated process reads the
-CPU's features from CPUID (torch's checks) instead; numpy's own AVX2+ sort kernels are switched
-off there (QEMU 7.2 crashes in them), which changes nothing imgcls computes."""
+  slow."""
 from __future__ import annotations
 
 import json
 import platform
 import shutil
 import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BIN, assert_ok, env, run, show, tiny_config
+from helpers import assert_ok, env, run, show, tiny_config
 
 QEMU = shutil.which('qemu-x86_64')
 pytestmark = pytest.mark.skipif(
@@ -28,29 +25,13 @@ pytestmark = pytest.mark.skipif(
     reason='needs an x86_64 machine with QEMU user-mode emulation (Debian: apt-get install '
            'qemu-user; .ci/services.sh installs it)')
 
-PRELUDE = """
-import imgcls.core as _core
-_core._cpuinfo_flags = lambda: None  # the host's /proc/cpuinfo: read the emulated CPUID instead
-_core.cpu_features.cache_clear()
-"""
+EMULATE = Path(__file__).resolve().parent.parent / 'tools' / 'avx2_emulated.sh'
 
 
-def emulated(code: str, args: list, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
-    "Run Python `code` (sys.argv[1:] = `args`) on an emulated AVX2-only CPU."
-    e = {**env(), 'NPY_DISABLE_CPU_FEATURES': 'X86_V3 X86_V4 AVX512_ICL AVX512_SPR',
-         'OMP_NUM_THREADS': '1'}
-    argv = [QEMU, '-cpu', 'Haswell', sys.executable, '-c', PRELUDE + code, *map(str, args)]
-    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=e, timeout=timeout)
-    res.stderr = '\n'.join(ln for ln in res.stderr.splitlines()
-                           if not ln.startswith('qemu-x86_64: warning: TCG'))
-    return res
-
-
-def emulated_command(name: str, args: list, cwd, timeout: float = 600):
-    "Console command `name` run on the emulated CPU, as a user there would run it."
-    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    return emulated(code, [BIN / name, *args], cwd, timeout)
+def emulated(args: list, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    "`python ...` or a console command and its flags, run on the emulated AVX2-only CPU."
+    return subprocess.run([str(EMULATE), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env={**env(), 'OMP_NUM_THREADS': '1'}, timeout=timeout)
 
 
 CPU = """
@@ -63,7 +44,7 @@ print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(), **cpu_f
 @pytest.fixture(scope='module')
 def avx2_cpu(tmp_path_factory) -> dict:
     "What imgcls and torch read of the emulated CPU; skips where this QEMU cannot emulate AVX2."
-    res = emulated(CPU, [], tmp_path_factory.mktemp('cpu'))
+    res = emulated(['python', '-c', CPU], tmp_path_factory.mktemp('cpu'))
     assert res.returncode == 0, show(res)
     f = json.loads(res.stdout.splitlines()[-1])
     if f['capability'] != 'AVX2':
@@ -102,7 +83,7 @@ def test_int8_default_gives_the_same_answers_on_an_avx2_only_cpu(avx2_cpu, my_pr
     paths = sorted(map(str, (my_project / 'data' / 'my_dataset' / 'raw').rglob('*.png')))
     (my_project / 'paths.json').write_text(json.dumps(paths))
     here = {str(m): OnnxPredictor(m, threads=1).predict_proba(paths) for m in models}
-    res = emulated(PROBS, ['paths.json', *models], my_project)
+    res = emulated(['python', '-c', PROBS, 'paths.json', *models], my_project)
     assert res.returncode == 0, show(res)
     there = {k: np.asarray(v) for k, v in json.loads(res.stdout.splitlines()[-1]).items()}
     fp32, q7, q8 = (str(m) for m in models)
@@ -122,7 +103,7 @@ def test_int8_default_gives_the_same_answers_on_an_avx2_only_cpu(avx2_cpu, my_pr
 
 def test_an_avx2_only_cpu_gets_float32_and_a_reason(avx2_cpu, tiny_split):
     root = tiny_split.parent.parent
-    res = emulated_command('ml-init-config', ['data/tiny'], root)
+    res = emulated(['ml-init-config', 'data/tiny'], root)
     assert res.returncode == 0, show(res)
     lines = (root / 'configs' / 'tiny_config.yaml').read_text().splitlines()
     i = next(i for i, ln in enumerate(lines) if ln.strip().startswith('trainer_type:'))
@@ -133,7 +114,7 @@ def test_an_avx2_only_cpu_gets_float32_and_a_reason(avx2_cpu, tiny_split):
     # asked for anyway, mixed precision works there (bf16 emulated in software) and says so
     cfg = tiny_config(root, 'configs/mp.yaml', training__num_epochs=1,
                       training__trainer_type='mixed_precision')
-    res = emulated_command('ml-train', ['--config', cfg.relative_to(root)], root)
+    res = emulated(['ml-train', '--config', cfg.relative_to(root)], root)
     assert res.returncode == 0, show(res)
     assert 'this CPU has no native bfloat16; mixed precision may be slower than standard' \
         in res.stderr + res.stdout, show(res)
