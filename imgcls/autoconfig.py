@@ -153,7 +153,7 @@ def machine_info() -> dict:
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
                 pretrained=find_pretrained(cuda))
 
-# %% ../nbs/09e_autoconfig.ipynb #e7b9a309
+# %% ../nbs/09e_autoconfig.ipynb #efd4db24
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # passes over a tiny set to reach MIN_IMAGES, at most
@@ -279,7 +279,8 @@ def recipe(info:dict, # from `inspect_dataset`
     fast = gpu or machine.get('bf16')
     r['training.trainer_type'] = ('mixed_precision' if fast else 'standard', (
         'float16 autocast on the GPU' if gpu else 'this CPU computes bfloat16 natively '
-        '(AVX512-BF16 or AMX): 1.6x faster than float32' if fast else
+        '(AVX512-BF16, AMX or ARM BF16): faster than float32 (1.6x on an x86 CPU with '
+        'AVX512-BF16)' if fast else
         'float32: this CPU has no native bfloat16 (emulated bf16 is slower)'))
     r['training.device'] = ('cuda' if gpu else 'cpu', 'what this machine has')
     r['data.num_workers'] = ('auto', None)
