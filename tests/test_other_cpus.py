@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 EMULATE = Path(__file__).resolve().parent.parent / 'tools' / 'avx2_emulated.sh'
 
 
-def emulated(args: list, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+def emulated(args: list, cwd, timeout: float = 1800) -> subprocess.CompletedProcess:
     "`python ...` or a console command and its flags, run on the emulated AVX2-only CPU."
     return subprocess.run([str(EMULATE), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, env={**env(), 'OMP_NUM_THREADS': '1'}, timeout=timeout)
