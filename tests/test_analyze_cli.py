@@ -74,8 +74,9 @@ def test_report_renders_offline_in_chromium(my_project, tmp_path):
 
 
 def test_flipped_labels_are_found_among_the_label_issues(tmp_path):
-    """5% of the digits moved into another class's folder; after `ml-train --fold all`,
-    `ml-analyze` ranks at least 80% of them (those outside the test set) in its top 2k."""
+    """5% of the digits moved into another class's folder; after `ml-train --fold all` (3 folds:
+    each image is judged by a model that never saw it), `ml-analyze` ranks at least 80% of them
+    (those outside the test set) in its top 2k. (Found: 64 of 71 with 3 folds, 63 with 5.)"""
     from imgcls.images import make_sample_dataset
     raw = make_sample_dataset(tmp_path / 'data' / 'flipped', size=16)
     rng = np.random.default_rng(0)
@@ -86,7 +87,7 @@ def test_flipped_labels_are_found_among_the_label_issues(tmp_path):
         dest = raw / to / f'flipped_{f.parent.name}_{f.name}'
         f.rename(dest)
         flipped.add(dest.relative_to(raw.parent).as_posix())
-    assert_ok(run(['ml-split', '--raw_data', 'data/flipped/raw', '--folds', 5], tmp_path))
+    assert_ok(run(['ml-split', '--raw_data', 'data/flipped/raw', '--folds', 3], tmp_path))
     test = set((raw.parent / 'splits' / 'test.txt').read_text().split())
     k = len(flipped - test)
     cfg = {'data': {'data_dir': 'data/flipped', 'image_size': 16, 'resize_size': 16,
