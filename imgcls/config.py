@@ -104,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #4d646821
+# %% ../nbs/01_config.ipynb #5d490346
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -122,24 +122,25 @@ _RULES = {
     'data.cache': dict(choices=['auto', 'memory', 'none']), 'data.cache_max_gb': dict(min=0),
     'data.pin_memory': dict(choices=['auto', True, False]),
     'data.sampler': dict(choices=['random', 'balanced']),
-    'augmentation.scale': dict(len=2), 'augmentation.horizontal_flip': _P,
+    'augmentation.scale': dict(len=2, each_gt=0, each_max=1, ordered=True),
+    'augmentation.horizontal_flip': _P,
     'augmentation.vertical_flip': _P, 'augmentation.random_erasing': _P,
     'augmentation.rotation': dict(min=0, max=180), 'augmentation.color_jitter': dict(min=0),
     'augmentation.pad_crop': dict(type=int, min=0),
     'augmentation.policy': dict(choices=['none', 'trivial', 'randaugment', 'autoaugment']),
-    'augmentation.mean': dict(len=3), 'augmentation.std': dict(len=3),
+    'augmentation.mean': dict(len=3), 'augmentation.std': dict(len=3, each_gt=0),
     'model.type': dict(choices=['base', 'custom', 'timm']),
     'model.weights_path': dict(type=str, null=True),
     'model.dropout': dict(min=0, max=1, max_open=True),
     'optimizer.type': dict(choices=['sgd', 'adam', 'adamw']), 'optimizer.lr': dict(gt=0),
     'optimizer.momentum': dict(min=0, max=1), 'optimizer.weight_decay': dict(min=0),
-    'optimizer.betas': dict(len=2),
+    'optimizer.betas': dict(len=2, each_min=0, each_max=1, each_max_open=True),
     'scheduler.type': dict(choices=['none', 'step', 'cosine', 'onecycle', 'plateau']),
     'scheduler.warmup_epochs': dict(min=0), 'scheduler.step_size': dict(min=1),
     'scheduler.gamma': dict(gt=0, max=1), 'scheduler.patience': dict(min=0),
     'scheduler.factor': dict(gt=0, max=1), 'scheduler.min_lr': dict(min=0),
     'loss.label_smoothing': dict(min=0, max=1, max_open=True),
-    'loss.class_weights': dict(type=(str, list), null=True, choices_str=['balanced']),
+    'loss.class_weights': dict(type=(str, list), null=True, choices_str=['balanced'], each_gt=0),
     'training.trainer_type': dict(choices=list(TRAINER_MODULES)),
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
@@ -212,7 +213,7 @@ def _unknown(key, source, keys):
             else '; see the template (ml-init-config) for valid keys')
     return ConfigError(f"{source}: unknown key {key!r}{hint}")
 
-# %% ../nbs/01_config.ipynb #9755e90c
+# %% ../nbs/01_config.ipynb #3ae422de
 def _type_name(t):
     return {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string',
             list: 'a list', dict: 'a mapping'}.get(t, str(t))
@@ -256,6 +257,13 @@ def _check_value(key, v, default, source):
         if 'len' in r and len(v) != r['len']: raise bad(f"a list of {r['len']} numbers")
         if any(not _is(x, float) for x in v): raise bad('a list of numbers')
         if any(not math.isfinite(x) for x in v): raise bad('a list of finite numbers')
+        lo, hi, top = r.get('each_gt'), r.get('each_max'), '<' if r.get('each_max_open') else '<='
+        if lo is not None and any(not x > lo for x in v): raise bad(f'a list of numbers > {lo}')
+        if r.get('each_min') is not None and any(x < r['each_min'] for x in v):
+            raise bad(f"a list of numbers >= {r['each_min']}")
+        if hi is not None and any(x >= hi if r.get('each_max_open') else x > hi for x in v):
+            raise bad(f'a list of numbers {top} {hi}')
+        if r.get('ordered') and v != sorted(v): raise bad('[low, high] with low <= high')
     if _is(v, float):
         if not math.isfinite(v): raise bad('a finite number (not .inf or .nan)')
         lo, hi = r.get('min'), r.get('max')

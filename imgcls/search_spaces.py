@@ -19,7 +19,7 @@ def import_optuna():
     "Import Optuna, or say how to install it (`imgcls[optuna]`)."
     return require('optuna', what='ml-search', extra='optuna')[0]
 
-# %% ../nbs/13_search_spaces.ipynb #c95c3fa2
+# %% ../nbs/13_search_spaces.ipynb #ac5ae5ae
 SPACE_TYPES = {'categorical': ('choices',), 'uniform': ('low', 'high'),
                'loguniform': ('low', 'high'), 'int': ('low', 'high')}
 _SPACE_OPTIONAL = {'categorical': (), 'uniform': ('step',), 'loguniform': (),
@@ -87,7 +87,21 @@ def check_search_space(cfg:Config, # the configuration holding `search.search_sp
                 raise ConfigError(f'{at}: step and log cannot be used together')
             for end, v in (('low', lo), ('high', hi)): _check_in_config(cfg, key, v, f'{at} {end}')
         out[key] = dict(spec)
+    _check_optimizer_keys(cfg, out, source)
     return out
+
+_SGD_ONLY = ('optimizer.momentum', 'optimizer.nesterov')
+_ADAM_ONLY = ('optimizer.betas',)
+
+def _check_optimizer_keys(cfg, space:dict, source:str):
+    "Refuse a space that draws a key the (fixed) optimizer ignores: trials that differ in nothing."
+    if 'optimizer.type' in space: return
+    opt = cfg.optimizer.type
+    unused = [k for k in space if k in (_SGD_ONLY if opt != 'sgd' else _ADAM_ONLY)]
+    if unused:
+        raise ConfigError(f"{source}: search.search_space draws {', '.join(unused)}, which "
+                          f'optimizer.type {opt} does not use, so its trials would differ in '
+                          'nothing: remove it from the space (or search optimizer.type too)')
 
 # %% ../nbs/13_search_spaces.ipynb #bcf547e0
 SEARCH_METRICS = {'val_acc': 'val_acc', 'val_loss': 'val_loss', 'macro_f1': 'val_macro_f1',
