@@ -279,7 +279,7 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     ui.picks, ui.save = picks, _save   # for scripts and tests
     return ui
 
-# %% ../nbs/14a_analysis.ipynb #d1393e64
+# %% ../nbs/14a_analysis.ipynb #bba31d6e
 _CSS = ('body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}'
         'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
         '.grid{display:flex;flex-wrap:wrap;gap:10px}.card{font-size:12px;width:110px}'
@@ -307,7 +307,11 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
             progress:bool|None=None, # progress bars (None: in Jupyter and terminals)
            ) -> dict:
     "Score `split`, write RUN/analysis/report.html and analysis.json; returns the analysis."
+    if not (isinstance(top, int) and top >= 1): raise DataError(f'--top must be >= 1, got {top}')
+    if max_images is not None and not (isinstance(max_images, int) and max_images >= 1):
+        raise DataError(f'--max_images must be >= 1, got {max_images}')
     it = Interpretation.from_run(path, split, max_images, data_dir, device, progress)
+    issues = it.label_issues() if it.run.cv else None   # all of them; the report shows `top`
     classes, run_dir = it.classes, it.run.run_dir
     metrics = compute_metrics(it.labels.numpy(), it.preds.numpy(), classes)
     views = {}
@@ -333,9 +337,16 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
            'top_losses': [it.row(i) for i in it.top_losses(top)],
            'outliers': it.outliers(top),
            'near_duplicates': it.near_duplicates()[:top],
-           'label_issues': it.label_issues(top) if it.run.cv else None}
+           'label_issues': issues[:top] if issues is not None else None,
+           'label_issues_found': len(issues) if issues is not None else None}
     out = run_dir/'analysis'
     out.mkdir(parents=True, exist_ok=True)
+    if issues is not None:   # the whole list, for a spreadsheet or `curation.yaml`
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, ['path', 'given', 'suggested', 'self_confidence'])
+        w.writeheader(); w.writerows(issues)
+        atomic_write(out/'label_issues.csv', buf.getvalue())
+        res['label_issues_file'] = str(out/'label_issues.csv')
     atomic_write(out/'analysis.json', json.dumps(res, indent=1) + '\n')
     atomic_write(out/'report.html', _report(res, views, it.ds.data_dir))
     res['report'] = str(out/'report.html')
@@ -383,8 +394,11 @@ def _report(res:dict, views:dict, data_dir:Path) -> str:
         + _cards([(_img(data_dir/p), p) for p in g['paths']]) for g in res['near_duplicates'])
         or '<p>None found.</p>'))
     if res['label_issues'] is not None:
+        found = res.get('label_issues_found', len(res['label_issues']))
         parts.append('<h2 id="label-issues">Label issues</h2><p>confident learning on the '
-                     'out-of-fold probabilities; lowest self-confidence first</p>' + (_cards(
+                     f'out-of-fold probabilities found {found}; the {len(res["label_issues"])} '
+                     'with the lowest self-confidence first (all of them: label_issues.csv)</p>'
+                     + (_cards(
             [(_img(r['path']), f"{r['given']} -> {r['suggested']} ({r['self_confidence']:.2f})")
              for r in res['label_issues']]) or '<p>None found.</p>'))
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>imgcls analysis</title>'

@@ -15,7 +15,8 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['KEPT_FILES', 'logger', 'X86_ARCHES', 'CLI_RANGES', 'ImgclsError', 'ConfigError', 'DataError', 'CheckpointError',
-           'umask', 'atomic_open', 'atomic_write', 'check_output', 'setup_logging', 'close_log_file', 'seed_everything',
+           'umask', 'atomic_open', 'atomic_write', 'dataset_raw_of', 'check_output_dir', 'check_output', 'scratch_dir',
+           'keep_caches_out_of_home', 'import_onnxruntime', 'setup_logging', 'close_log_file', 'seed_everything',
            'cpu_features', 'describe_cpu', 'cli_parser', 'parse_cli', 'run_cli', 'os_error_line', 'cli_help',
            'in_notebook', 'show_progress', 'progress_bar', 'LiveTable', 'require', 'first_line']
 
@@ -78,24 +79,64 @@ def atomic_write(path, # the file to write
     with atomic_open(path, 'wb' if isinstance(data, bytes) else 'w') as f: f.write(data)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #00417567
+# %% ../nbs/00_core.ipynb #1e5867ce
 KEPT_FILES = ('config.yaml', 'summary.json', 'cv_report.json', 'manifest.json', 'history.csv',
               'train.log', 'analysis.json', 'best_config.yaml')
 _WEIGHTS = ('.pt', '.pth', '.ckpt', '.safetensors', '.bin')
+_IMAGE_ENDINGS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+def dataset_raw_of(path, # any path, existing or not
+                  ) -> Path|None:
+    ("The dataset `raw/` folder that `path` lies in (or is), else None: a folder named `raw` "
+     "with `splits/` or `labels.csv` beside it, or images in it or in its sub-folders.")
+    p = Path(os.path.abspath(path))
+    for a in [p, *p.parents]:
+        if a.name != 'raw' or not a.is_dir(): continue
+        if (a.parent/'splits').is_dir() or (a.parent/'labels.csv').is_file(): return a
+        try:
+            for i, f in enumerate(a.glob('*/*')):
+                if f.suffix.lower() in _IMAGE_ENDINGS: return a
+                if i > 200: break
+            if any(f.suffix.lower() in _IMAGE_ENDINGS for f in a.iterdir()): return a
+        except OSError: continue
+    return None
+
+def _not_in_raw(p:Path, what:str, error:type):
+    raw = dataset_raw_of(p)
+    if raw is not None:
+        raise error(f'{p} is inside the dataset folder {raw}: {what} written there would be '
+                    'taken for images at the next split; choose a place outside raw/')
+
+def check_output_dir(path, # the folder a command writes into (made if missing)
+                     what:str, # what it writes there, e.g. 'run folders'
+                     error:type=ConfigError, # the `ImgclsError` class to raise
+                    ) -> Path:
+    "`path` as a `Path` if `what` may be written into it: not a file, not inside a dataset's raw/."
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise error(f'{p} is a file: it names the folder to write {what} into (an existing file '
+                    'is never replaced)')
+    _not_in_raw(p, what, error)
+    return p
 
 def check_output(path, # the file a command was told to write
                  what:str, # what it writes there, e.g. 'predictions'
                  suffixes:tuple, # endings of that kind of file, e.g. ('.csv', '.json')
                  inputs=(), # files the command reads: never written over
                  error:type=ConfigError, # the `ImgclsError` class to raise
+                 force:bool=False, # the user's --force: an existing file of this kind may go
+                 ours=None, # for a derived path: `ours(path)` is True for a file imgcls wrote
+                 flag:str='--force', # how the user says `force`, for the message
                 ) -> Path:
     ("`path` as a `Path` if `what` may be written there; else an `error` saying why not: it is a "
-     "folder, one of `inputs`, or an existing file of another kind, which writing would destroy.")
+     "folder, inside a dataset's raw/, one of `inputs`, or an existing file that writing would "
+     "destroy (see above).")
     p = Path(path)
     if p.is_dir():
         raise error(f'{p} is a folder; name the file to write {what} to, e.g. '
                     f'{p/("out" + suffixes[0])}')
-    if not p.exists(): return p
+    _not_in_raw(p, what, error)
+    if not p.exists() and not p.is_symlink(): return p
     for i in inputs:
         try: same = i is not None and os.path.samefile(p, i)
         except OSError: same = False
@@ -106,7 +147,49 @@ def check_output(path, # the file a command was told to write
         raise error(f"{p} exists and is not a {' or '.join(suffixes)} file of {what} (a "
                     "checkpoint, config or report of a run is kept): choose another file, or "
                     'remove it first')
+    if force: return p
+    try: mine = ours is not None and bool(ours(p))
+    except Exception: mine = False   # unreadable as ours: it is not
+    if mine: return p
+    raise error(f'{p} exists{" and imgcls did not write it" if ours is not None else ""}: '
+                f'{flag} replaces it, or choose another file')
+
+# %% ../nbs/00_core.ipynb #7984f49f
+def scratch_dir(name:str, # what it holds, e.g. 'matplotlib'
+               ) -> Path:
+    "A folder of this user's in the temporary folder, for caches imgcls keeps out of the home."
+    uid = os.getuid() if hasattr(os, 'getuid') else 0
+    p = Path(tempfile.gettempdir())/f'imgcls-{name}-{uid}'
+    p.mkdir(mode=0o700, exist_ok=True)
     return p
+
+def _user_dir(xdg:str, default:str, *parts) -> Path:
+    return Path(os.environ.get(xdg) or Path.home()/default, *parts)
+
+def keep_caches_out_of_home():
+    "Point matplotlib's cache at `scratch_dir` unless the user has one (see above)."
+    if 'MPLCONFIGDIR' in os.environ or 'matplotlib' in sys.modules: return
+    try:
+        mine = (_user_dir('XDG_CONFIG_HOME', '.config', 'matplotlib').is_dir()
+                or _user_dir('XDG_CACHE_HOME', '.cache', 'matplotlib').is_dir())
+        if not mine: os.environ['MPLCONFIGDIR'] = str(scratch_dir('matplotlib'))
+    except (OSError, RuntimeError): pass   # no home, no temporary folder: as matplotlib decides
+
+keep_caches_out_of_home()
+
+def import_onnxruntime():
+    "`onnxruntime`, imported without writing its telemetry files into a home that lacks them."
+    if 'onnxruntime' not in sys.modules:
+        home = os.environ.get('HOME')
+        theirs = home is not None and Path(home, '.cache', 'Microsoft', 'DeveloperTools').exists()
+        if not theirs: os.environ['HOME'] = str(scratch_dir('onnxruntime'))
+        try: import onnxruntime
+        finally:
+            if home is None: os.environ.pop('HOME', None)
+            else: os.environ['HOME'] = home
+    import onnxruntime
+    with contextlib.suppress(AttributeError): onnxruntime.disable_telemetry_events()
+    return onnxruntime
 
 # %% ../nbs/00_core.ipynb #94bc9ff1
 logger = logging.getLogger('imgcls')
@@ -219,25 +302,19 @@ def describe_cpu(f:dict|None=None, # `cpu_features()` (None: this CPU's)
     parts = [k.upper() for k in ('avx2', 'avx512') if f.get(k)] + [f"VNNI: {yn(f.get('vnni'))}"]
     return f"{f['arch']} ({', '.join(parts)}, native bf16: {yn(f.get('bf16'))})"
 
-# %% ../nbs/00_core.ipynb #dcdeb0ca
+# %% ../nbs/00_core.ipynb #66fb04a7
 def _names(k:str) -> list[str]:
     "Both spellings of flag `k`."
     return list(dict.fromkeys([f'--{k}', f"--{k.replace('_', '-')}"]))
 
-# The range of every numeric flag a command has, by its name: (low, high, low is open).
+# The range of numeric flags that no function behind them checks, by name: (low, high, both
+# bounds excluded). Flags that set a config key, or that a function checks with a message of its
+# own (`--top_k`, `--min_confidence`, export's options), are left to those checks.
 CLI_RANGES = {
-    'batch_size': (1, None), 'top_k': (1, None), 'top': (1, None), 'max_images': (1, None),
-    'n': (1, None), 'n_trials': (1, None), 'num_iter': (1, None), 'num_epochs': (1, None),
-    'folds': (1, None), 'calib_images': (1, None), 'bench_iters': (1, None),
-    'bench_threads': (1, None), 'bench_warmup': (0, None), 'num_workers': (0, None),
-    'max_retry': (0, None), 'heartbeat_interval': (0, None), 'grace_period': (1, None),
-    'near_dup_distance': (0, None), 'seed': (0, None), 'size': (8, 4096),
-    'input_size': (8, 4096), 'port': (1, 65535), 'opset': (7, None), 'max_batch': (1, None),
-    'test_ratio': (0, 1, True), 'val_ratio': (0, 1, True), 'min_confidence': (0, 1),
-    'min_agreement': (0, 1), 'atol': (0, None), 'beta': (0, 1), 'lr': (0, None, True),
-    'start_lr': (0, None, True), 'end_lr': (0, None, True), 'diverge_threshold': (1, None, True),
-    'timeout': (0, None, True), 'time_budget_min': (0, None, True), 'max_wait_ms': (0, None),
-    'max_upload_mb': (0, None, True)}
+    'top': (1, None), 'max_images': (1, None), 'n': (1, None), 'port': (1, 65535),
+    'size': (8, 4096), 'max_retry': (0, None), 'heartbeat_interval': (0, None),
+    'grace_period': (1, None), 'timeout': (0, None, True), 'max_batch': (1, None),
+    'max_wait_ms': (0, None), 'max_upload_mb': (0, None, True)}
 
 def _ranged(name:str, typ):
     "An argparse `type` reading `typ` and refusing values outside `CLI_RANGES[name]`."

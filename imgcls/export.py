@@ -18,8 +18,9 @@ from .onnx_runtime import (IMAGE_NAME, INPUT_NAME, METADATA_JSON_KEYS, OUTPUT_NA
 
 # %% auto #0
 __all__ = ['DEFAULT_OPSET', 'ENSEMBLE_NAME', 'PRE_MIN_OPSET', 'QUANTIZE_CHOICES', 'INT8_RANGES', 'unwrap_model', 'opset_of',
-           'model_to_onnx', 'open_run', 'export_metadata', 'default_output', 'export_onnx', 'preprocessing_graph',
-           'add_preprocessing', 'int8_path', 'calibration_images', 'quantize_onnx', 'onnx_op_counts', 'ExportOptions']
+           'model_to_onnx', 'open_run', 'export_metadata', 'is_imgcls_onnx', 'default_output', 'export_onnx',
+           'preprocessing_graph', 'add_preprocessing', 'int8_path', 'calibration_images', 'quantize_onnx',
+           'onnx_op_counts', 'ExportOptions']
 
 # %% ../nbs/12a_export.ipynb #4cf9fd2b
 DEFAULT_OPSET = 18  # the torch.export-based exporter's own opset; ONNX Runtime >= 1.14 runs it
@@ -99,7 +100,7 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
         raise ExportError(f'the ONNX model is too large for one file ({first_line(e)}); '
                           'ml-export does not write external weight files') from None
 
-# %% ../nbs/12a_export.ipynb #35b09338
+# %% ../nbs/12a_export.ipynb #a8714e41
 ENSEMBLE_NAME = 'ensemble.onnx'  # the file name of a fold ensemble, inside its CV folder
 
 def open_run(checkpoint, # a checkpoint, a run folder or a CV folder
@@ -140,32 +141,42 @@ def export_metadata(ck:dict, # a loaded checkpoint
             **({'folds': int(ck['folds']), 'ensemble': 'soft vote: the log of the mean of the '
                 'folds\' calibrated probabilities'} if ck.get('folds') else {})}
 
+def is_imgcls_onnx(path) -> bool:
+    "Was `path` written by imgcls's export? (Its metadata says `framework: imgcls`.)"
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    return any(p.key == 'framework' and p.value == 'imgcls' for p in m.metadata_props)
+
 def default_output(checkpoint, # the .pt file, or a cross-validation folder
                    output=None, # what the user asked for: a file, a folder, or None
+                   force:bool=False, # --force: an existing file of the user's may be replaced
                   ) -> Path:
     ("Where the ONNX file of `checkpoint` goes: `output`, or beside it (`best.pt` -> `best.onnx`); "
-     "a CV folder's ensemble goes inside it (`runs/NAME_cv/ensemble.onnx`). An `output` that would "
-     "overwrite the checkpoint or another kind of file is refused (`check_output`).")
+     "a CV folder's ensemble goes inside it (`runs/NAME_cv/ensemble.onnx`). Checked by "
+     "`check_output`: never the checkpoint, another kind of file or inside a dataset; an existing "
+     "file only with `force`, or, beside the checkpoint, when an earlier export wrote it.")
     ck = Path(checkpoint)
     name = ENSEMBLE_NAME if ck.is_dir() else ck.with_suffix('.onnx').name
-    if output is None: return ck/name if ck.is_dir() else ck.with_suffix('.onnx')
-    output = Path(output)
-    out = output/name if output.is_dir() else output
-    return check_output(out, 'an ONNX model', ('.onnx',), inputs=[ck], error=ExportError)
+    if output is None: out, ours = (ck/name if ck.is_dir() else ck.with_suffix('.onnx')), True
+    else: out, ours = (Path(output)/name if Path(output).is_dir() else Path(output)), False
+    return check_output(out, 'an ONNX model', ('.onnx',), inputs=[ck], error=ExportError,
+                        force=force, ours=is_imgcls_onnx if ours else None)
 
 def export_onnx(checkpoint, # a best.pt or last.pt written by ml-train, or a CV folder
                 output=None, # the .onnx file (None: beside the checkpoint, best.pt -> best.onnx)
                 opset:int|None=None, # ONNX opset (None: DEFAULT_OPSET)
                 input_size=None, # (height, width); None: the run's data.image_size
                 with_preprocessing:bool=False, # take uint8 (N, H, W, 3); see add_preprocessing
+                force:bool=False, # replace an existing `output` (see `default_output`)
                ) -> Path:
     "Export `checkpoint` to ONNX (dynamic batch axis, metadata), written atomically; its path."
     if with_preprocessing: _check_pre_opset(opset)
     run = open_run(checkpoint)
+    out = default_output(run.path, output, force)   # checked before the work
     meta = export_metadata(run.checkpoint, input_size, run.path)
     data = model_to_onnx(run.model, meta['input_size'], opset, meta)
     if with_preprocessing: data = add_preprocessing(data)
-    return atomic_write(default_output(run.path, output), data)
+    return atomic_write(out, data)
 
 # %% ../nbs/12a_export.ipynb #ff9432f0
 _PRE = 'imgcls_pre/'   # prefix of the preprocessing's node and tensor names
@@ -359,7 +370,7 @@ def onnx_op_counts(data:bytes, # a serialised ONNX model
     from collections import Counter
     return dict(Counter(n.op_type for n in onnx.load_from_string(data).graph.node))
 
-# %% ../nbs/12a_export.ipynb #ee8f933e
+# %% ../nbs/12a_export.ipynb #f32084b9
 @dataclass
 class ExportOptions:
     "What to export and which checks to run: checked when made (an `ExportError` for a bad value)."
@@ -381,6 +392,7 @@ class ExportOptions:
     bench_warmup:int = 3 # benchmark, int8: untimed runs first
     bench_threads:int|None = None # benchmark, int8: threads of both engines (None: torch's)
     progress:bool|None = None # progress bars (None: in Jupyter and terminals)
+    force:bool = False # replace existing output files of the user's (never a checkpoint or report)
 
     def __post_init__(self):
         if self.input_size is not None: self.input_size = _input_size(self.input_size)

@@ -21,7 +21,7 @@ __all__ = ['SPLITS', 'MANIFEST', 'NEAR_DUP_DISTANCE', 'NEAR_DUP_SIMILARITY', 'sp
            'near_duplicate_pairs', 'SplitResult', 'make_splits', 'read_index', 'read_manifest', 'check_splits',
            'load_split']
 
-# %% ../nbs/03_splits.ipynb #abdbea47
+# %% ../nbs/03_splits.ipynb #61c1bb3a
 SPLITS = 'splits'
 MANIFEST = 'manifest.json'
 
@@ -30,6 +30,14 @@ def split_files(folds:int) -> list[str]:
     return ['test.txt'] + [f'fold_{k}_{s}.txt' for k in range(folds) for s in ('train', 'val')]
 
 def _sha256(text:str) -> str: return hashlib.sha256(text.encode()).hexdigest()
+
+def _warn_left_out(left_out:list, manifest:Path):
+    "One warning naming the files that look like images but are not taken (loose, unread formats)."
+    if not left_out: return
+    shown = '; '.join(f'{p} ({why})' for p, why in left_out[:10])
+    more = f'; and {len(left_out) - 10} more' if len(left_out) > 10 else ''
+    logger.warning(f'left out {len(left_out)} file(s) that look like images: {shown}{more} '
+                   f'(all listed in {manifest})')
 
 def _unusable(rejected:list) -> DataError:
     "The error for `bad_images='error'`: every rejected file with its reason."
@@ -277,7 +285,7 @@ def _curate(scan, cur) -> dict:
                     f"{len(done['relabelled'])} relabelled")
     return {'hash': cur['hash'] if cur else None, **done}
 
-# %% ../nbs/03_splits.ipynb #9777dca5
+# %% ../nbs/03_splits.ipynb #2390996d
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -344,6 +352,7 @@ def make_splits(
     if scan.rejected:
         if bad_images == 'error': raise _unusable(scan.rejected)
         for p, r in scan.rejected: logger.warning(f'skipped {p}: {r}')
+    _warn_left_out(scan.left_out, out/MANIFEST)
     removed = _dedupe(scan) if dedupe else []
     curated = _curate(scan, cur)
     counts = scan.counts()
@@ -411,6 +420,7 @@ def make_splits(
         counts=dict(total=counts, test=len(files['test.txt'])),
         files={n: _sha256(t) for n, t in texts.items()},
         rejected=[dict(path=p, reason=r) for p, r in scan.rejected], duplicates=dups,
+        left_out=[dict(path=p, reason=r) for p, r in scan.left_out],
         deduplicated=[dict(path=p, same_as=k) for p, k in removed],
         near_dup_distance=near_dup_distance, near_duplicates=near,
         curation=dict(file=CURATION, **curated) if cur is not None else None)

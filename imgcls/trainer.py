@@ -41,7 +41,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #7d07e666
+# %% ../nbs/09_trainer.ipynb #4cace9cc
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -568,17 +568,24 @@ class BaseTrainer:
         "The epoch's line in the log (and a terminal); in Jupyter, a row of the epoch table."
         if not self.is_main: return
         extras = self._extras
+        monitored = self.cfg.training.monitor is not None   # null: every epoch is "best"
+        marked = best and monitored
+        if not monitored and not getattr(self, '_said_last', False):   # once a fit
+            logger.info('training.monitor is null: best.pt is the last epoch (no epoch is marked '
+                        'best)')
+            self._said_last = True
         logger.info(f"epoch {row['epoch']}/{self.cfg.training.num_epochs}  "
                     f"train_loss {row['train_loss']:.4f}  "
                     f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
                     f"val_acc {row['val_acc']:.4f}  "
                     f"lr {row['lr']:.3g}  {row['time_s']:.1f}s"
                     + ''.join(f'  {k} {v:.4g}' for k, v in extras.items())
-                    + ('  *best' if best else ''), extra={'table': True})
+                    + ('  *best' if marked else ''), extra={'table': True})
         if self._table is not None:
             keys = ['train_loss', 'train_acc', 'val_loss', 'val_acc', 'ema_val_acc', 'lr', 'time_s']
             self._table.add({'epoch': f"{row['epoch']}/{self.cfg.training.num_epochs}",
-                             **{k: row[k] for k in keys if k in row}, **extras, 'best': best})
+                             **{k: row[k] for k in keys if k in row}, **extras,
+                             **({'best': marked} if monitored else {})})
 
     def full_validation(self):
         "`validate('val')` over the whole split, whatever `training.limit_val_batches` says."

@@ -32,9 +32,13 @@ def test_spec_lines_write_the_report(my_project, my_cv_project):
     [cv] = [p for p in (my_cv_project / 'runs').iterdir() if p.name.endswith('_cv')]
     res = run(['ml-analyze', str(cv.relative_to(my_cv_project)), '--top', '4'], my_cv_project)
     assert_ok(res)
-    assert 'label issue candidate(s) from the out-of-fold predictions' in res.stdout
     a = json.loads((cv / 'analysis' / 'analysis.json').read_text())
     assert a['label_issues'] is not None and len(a['label_issues']) <= 4
+    # how many were found, how many are shown, and where the whole list is
+    assert (f"{a['label_issues_found']} label issue candidate(s) found in the out-of-fold "
+            f"predictions; the report shows the first {len(a['label_issues'])}") in res.stdout
+    whole = (cv / 'analysis' / 'label_issues.csv').read_text().splitlines()
+    assert len(whole) == 1 + a['label_issues_found'] and 'label_issues.csv' in res.stdout
 
 
 def test_bad_input_is_one_clear_line(tmp_path, tiny_split):
