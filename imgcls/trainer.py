@@ -41,7 +41,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #4cace9cc
+# %% ../nbs/09_trainer.ipynb #14d490b9
 class BaseTrainer:
     "The training loop shared by every trainer type."
     trainer_type = 'base'
@@ -154,16 +154,6 @@ class BaseTrainer:
             raise ConfigError('training.early_stopping_patience needs a metric to watch, and '
                               'training.monitor is null (best.pt is the last epoch): set the '
                               'patience to 0, or a monitor such as val_acc')
-        if self.trainer_type == 'dp' and (cfg.augmentation.mixup or cfg.augmentation.cutmix
-                                          or cfg.training.ema_decay):
-            raise ConfigError('training.trainer_type dp: augmentation.mixup, augmentation.cutmix '
-                              'and training.ema_decay are not supported with DP-SGD (mixing '
-                              'breaks its per-image accounting); set them to 0 and null')
-        if self.trainer_type == 'dp' and cfg.training.epoch_repeats != 1:
-            reps = cfg.training.epoch_repeats
-            raise ConfigError(f'training.trainer_type dp: training.epoch_repeats {reps} is not '
-                              "supported (Opacus draws each epoch's batches itself); set it to 1 "
-                              f'and multiply training.num_epochs by {reps} for the same training')
         self.prepare()
         self.mixer = make_mixer(cfg, len(self.classes))
         self.ema = (ModelEMA(self.unwrapped_model, cfg.training.ema_decay)
