@@ -34,7 +34,7 @@ class DataError(ImgclsError):
 class CheckpointError(ImgclsError):
     "A checkpoint is missing, corrupt or does not fit the model."
 
-# %% ../nbs/00_core.ipynb #844e88c5
+# %% ../nbs/00_core.ipynb #0ca061b3
 def _fsync_dir(path:Path):
     "Persist a rename in `path` (a directory) where the platform allows it."
     if os.name != 'posix': return
@@ -68,6 +68,11 @@ def atomic_open(path, # the file to write
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if e.filename is None and e.errno is not None:   # a failed write names no file: this one
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise

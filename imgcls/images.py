@@ -15,11 +15,11 @@ from PIL import Image, ImageOps
 from .core import DataError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'UNREAD_IMAGE_EXTS', 'JUNK_FOLDERS', 'BACKGROUND', 'list_image_files', 'left_out_files',
+__all__ = ['IMAGE_EXTS', 'UNREAD_IMAGE_EXTS', 'JUNK_FOLDERS', 'BACKGROUND', 'list_image_files', 'shown_path', 'left_out_files',
            'file_list_hash', 'to_rgb', 'load_image', 'ImageCheck', 'check_image', 'Scan', 'class_folders',
            'scan_images', 'make_sample_dataset']
 
-# %% ../nbs/02_images.ipynb #aff57426
+# %% ../nbs/02_images.ipynb #fa1f4994
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
               '.ppm', '.pgm', '.pbm', '.avif')
 # Image formats a photo library or camera writes that imgcls does not read (Pillow cannot decode
@@ -45,9 +45,18 @@ def list_image_files(raw_dir) -> list[Path]:
         dirs[:] = sorted(x for x in dirs if not _hidden([x]))
         rel_root = Path(root).relative_to(raw_dir)
         if rel_root == Path('.'): continue  # files directly in raw/ belong to no class
-        out += [Path(root)/f for f in sorted(files)
-                if not _hidden([f]) and Path(f).suffix.lower() in IMAGE_EXTS]
+        out += [Path(root)/f for f in sorted(files) if not _hidden([f]) and _utf8(root, f)
+                and Path(f).suffix.lower() in IMAGE_EXTS]
     return out
+
+def _utf8(*parts) -> bool:
+    "Can the path be written to an index file (UTF-8)? A name of undecodable bytes cannot."
+    try: os.path.join(*parts).encode('utf-8'); return True
+    except UnicodeEncodeError: return False
+
+def shown_path(p) -> str:
+    "`p` as text that can always be printed: undecodable bytes of a file name as `\\xff`."
+    return os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
 
 def left_out_files(raw_dir) -> list[tuple[Path, str]]:
     ("Files under `raw_dir` that look like images but are not taken (`list_image_files` leaves "
@@ -63,6 +72,9 @@ def left_out_files(raw_dir) -> list[tuple[Path, str]]:
         for f in sorted(files):
             ext = Path(f).suffix.lower()
             if _hidden([f]) or not (ext in IMAGE_EXTS or ext in UNREAD_IMAGE_EXTS): continue
+            if not _utf8(root, f):
+                out.append((Path(shown_path(Path(root)/f)), 'its name is not valid UTF-8 (an '
+                            'index file cannot hold it): rename it')); continue
             if loose: why = 'outside any class folder: move it into raw/<class>/ to use it'
             elif ext in UNREAD_IMAGE_EXTS:
                 why = (f'{UNREAD_IMAGE_EXTS[ext]} is not read: convert it to PNG or JPEG'

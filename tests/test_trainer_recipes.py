@@ -32,7 +32,8 @@ def resnet18_weights(tmp_path_factory):
 
 
 def _recipes(weights):
-    ft = {**MACHINE, 'pretrained': {'type': 'base', 'architecture': 'resnet18', 'path': str(weights)}}
+    ft = {**MACHINE,
+          'pretrained': {'type': 'base', 'architecture': 'resnet18', 'path': str(weights)}}
     return {'small-from-scratch': recipe(_info(180, 64, 3), MACHINE),
             'mid-sized': recipe(_info(10_000, 28), MACHINE),
             'fine-tune': recipe(_info(400, 96, 3), ft)}
