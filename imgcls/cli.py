@@ -15,12 +15,13 @@ __all__ = ['VISUALISE_MODES', 'sample_data', 'ml_sample_data', 'split', 'ml_spli
            'prepare_data', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_analyze', 'export', 'ml_export',
            'visualise', 'ml_visualise', 'ml_search']
 
-# %% ../nbs/90_cli.ipynb #67ef8833
+# %% ../nbs/90_cli.ipynb #c1c45f22
 def sample_data(dest:str='data/digits', # dataset folder to create (images go to DEST/raw/<class>/)
                 size:int=32, # side of the written images in pixels
                ):
     "Write scikit-learn's bundled handwritten digits (1,797 images, 10 classes) as an image folder."
     from imgcls.images import make_sample_dataset
+    check_output_dir(dest, 'a sample dataset')   # not a file, not inside another dataset's raw/
     raw = make_sample_dataset(dest, size=size)
     n = sum(1 for _ in raw.rglob('*.png'))
     print(f'wrote {n} images in 10 classes to {raw}')

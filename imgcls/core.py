@@ -14,11 +14,12 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['KEPT_FILES', 'logger', 'X86_ARCHES', 'CLI_RANGES', 'ImgclsError', 'ConfigError', 'DataError', 'CheckpointError',
-           'umask', 'atomic_open', 'atomic_write', 'dataset_raw_of', 'check_output_dir', 'check_output', 'scratch_dir',
-           'keep_caches_out_of_home', 'import_onnxruntime', 'setup_logging', 'close_log_file', 'seed_everything',
-           'cpu_features', 'describe_cpu', 'cli_parser', 'parse_cli', 'run_cli', 'os_error_line', 'cli_help',
-           'in_notebook', 'show_progress', 'progress_bar', 'LiveTable', 'require', 'first_line']
+__all__ = ['KEPT_FILES', 'SECRET_PARAM', 'logger', 'X86_ARCHES', 'CLI_RANGES', 'ImgclsError', 'ConfigError', 'DataError',
+           'CheckpointError', 'umask', 'atomic_open', 'atomic_write', 'dataset_raw_of', 'check_output_dir',
+           'check_output', 'scratch_dir', 'keep_caches_out_of_home', 'import_onnxruntime', 'password_span', 'mask_url',
+           'masked_argv', 'setup_logging', 'close_log_file', 'seed_everything', 'cpu_features', 'describe_cpu',
+           'cli_parser', 'parse_cli', 'run_cli', 'os_error_line', 'cli_help', 'in_notebook', 'show_progress',
+           'progress_bar', 'LiveTable', 'require', 'first_line']
 
 # %% ../nbs/00_core.ipynb #b4d0987f
 class ImgclsError(Exception):
@@ -195,6 +196,35 @@ def import_onnxruntime():
     import onnxruntime
     with contextlib.suppress(AttributeError): onnxruntime.disable_telemetry_events()
     return onnxruntime
+
+# %% ../nbs/00_core.ipynb #cf6040f0
+SECRET_PARAM = re.compile(r'([?&;\s](?:password|passwd|pwd)=)[^&;\s]*', re.I)
+
+def password_span(url:str) -> tuple[int, int] | None:
+    ("Where the password of `url` is, as (start, end), or None. A password may hold `/`, `#`, "
+     "`?` or `@`, so the user part ends at the last `@` before the host, not the first.")
+    url = str(url)
+    start = url.find('://')
+    if start < 0: return None
+    start += 3
+    at = url.rfind('@', start)
+    if at < 0: return None
+    colon = url.find(':', start, at)
+    return (colon + 1, at) if colon >= 0 and colon + 1 < at else None
+
+def mask_url(url:str) -> str:
+    "`url` with its password, in the user part or a `password=` parameter, replaced by `***`."
+    url, span = str(url), password_span(url)
+    if span: url = url[:span[0]] + '***' + url[span[1]:]
+    return SECRET_PARAM.sub(r'\1***', url)
+
+def masked_argv(argv:list) -> list[str]:
+    "A command line as it may be written down: every URL's password masked (`mask_url`)."
+    out = []
+    for a in map(str, argv):
+        a = mask_url(a) if '://' in a else a
+        out.append(SECRET_PARAM.sub(r'\1***', ' ' + a)[1:])   # a bare password=... too
+    return out
 
 # %% ../nbs/00_core.ipynb #94bc9ff1
 logger = logging.getLogger('imgcls')
