@@ -85,7 +85,7 @@ def atomic_write(path, # the file to write
     with atomic_open(path, 'wb' if isinstance(data, bytes) else 'w') as f: f.write(data)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #1e5867ce
+# %% ../nbs/00_core.ipynb #1d0a8408
 KEPT_FILES = ('config.yaml', 'summary.json', 'cv_report.json', 'manifest.json', 'history.csv',
               'train.log', 'analysis.json', 'best_config.yaml')
 _WEIGHTS = ('.pt', '.pth', '.ckpt', '.safetensors', '.bin')
@@ -112,6 +112,10 @@ def _not_in_raw(p:Path, what:str, error:type):
     if raw is not None:
         raise error(f'{p} is inside the dataset folder {raw}: {what} written there would be '
                     'taken for images at the next split; choose a place outside raw/')
+    q = Path(os.path.abspath(p))
+    if any(a.name == 'splits' and (a/'manifest.json').is_file() for a in q.parents):
+        raise error(f'{p} is inside a dataset\'s splits/ folder, which ml-split alone writes: '
+                    'choose another place')
 
 def check_output_dir(path, # the folder a command writes into (made if missing)
                      what:str, # what it writes there, e.g. 'run folders'

@@ -19,7 +19,7 @@ __all__ = ['IMAGE_EXTS', 'UNREAD_IMAGE_EXTS', 'JUNK_FOLDERS', 'BACKGROUND', 'lis
            'file_list_hash', 'to_rgb', 'load_image', 'ImageCheck', 'check_image', 'Scan', 'class_folders',
            'scan_images', 'make_sample_dataset']
 
-# %% ../nbs/02_images.ipynb #fa1f4994
+# %% ../nbs/02_images.ipynb #f64b13d7
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
               '.ppm', '.pgm', '.pbm', '.avif')
 # Image formats a photo library or camera writes that imgcls does not read (Pillow cannot decode
@@ -50,13 +50,17 @@ def list_image_files(raw_dir) -> list[Path]:
     return out
 
 def _utf8(*parts) -> bool:
-    "Can the path be written to an index file (UTF-8)? A name of undecodable bytes cannot."
-    try: os.path.join(*parts).encode('utf-8'); return True
+    ("Can the path be written to an index file, one path a line in UTF-8? A name of undecodable "
+     "bytes, or holding a line break or another control character, cannot.")
+    try: name = os.path.join(*parts); name.encode('utf-8')
     except UnicodeEncodeError: return False
+    return name.isprintable() or all(c.isprintable() or c == ' ' for c in name)
 
 def shown_path(p) -> str:
-    "`p` as text that can always be printed: undecodable bytes of a file name as `\\xff`."
-    return os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
+    ("`p` as text that can always be printed on one line: undecodable bytes of a file name as "
+     "`\\xff`, a line break as `\\n`.")
+    s = os.fsencode(str(p)).decode('utf-8', 'backslashreplace')
+    return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode() for c in s)
 
 def left_out_files(raw_dir) -> list[tuple[Path, str]]:
     ("Files under `raw_dir` that look like images but are not taken (`list_image_files` leaves "
@@ -73,8 +77,9 @@ def left_out_files(raw_dir) -> list[tuple[Path, str]]:
             ext = Path(f).suffix.lower()
             if _hidden([f]) or not (ext in IMAGE_EXTS or ext in UNREAD_IMAGE_EXTS): continue
             if not _utf8(root, f):
-                out.append((Path(shown_path(Path(root)/f)), 'its name is not valid UTF-8 (an '
-                            'index file cannot hold it): rename it')); continue
+                out.append((Path(shown_path(Path(root)/f)), 'its name is not valid UTF-8 or '
+                            'holds a line break or control character (an index file cannot hold '
+                            'it): rename it')); continue
             if loose: why = 'outside any class folder: move it into raw/<class>/ to use it'
             elif ext in UNREAD_IMAGE_EXTS:
                 why = (f'{UNREAD_IMAGE_EXTS[ext]} is not read: convert it to PNG or JPEG'
@@ -171,7 +176,7 @@ def _bomb_png(path, side=100_000):
     Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr)
                            + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b''))
 
-# %% ../nbs/02_images.ipynb #7b0384f6
+# %% ../nbs/02_images.ipynb #21d6cdd8
 @dataclass
 class Scan:
     "Result of `scan_images`: usable images, their classes, and the files rejected with reasons."
@@ -195,6 +200,11 @@ def class_folders(raw_dir) -> list[str]:
     if not raw_dir.is_dir():
         raise DataError(f'{raw_dir}: no such folder (expected data/NAME/raw/<class>/<image>)')
     classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not _hidden([p.name]))
+    bad = [c for c in classes if not _utf8(c)]
+    if bad:
+        raise DataError(f"{raw_dir}: class folder name(s) {', '.join(map(shown_path, bad))} hold "
+                        'undecodable bytes, a line break or another control character, which no '
+                        'index file or report can hold: rename them')
     if not classes:
         raise DataError(f'{raw_dir}: no class folders; '
                         'put the images of each class in raw/<class>/')

@@ -24,7 +24,7 @@ from .runs import load_run
 __all__ = ['UNKNOWN', 'find_images', 'check_min_confidence', 'Predictor', 'predictions_csv', 'predictions_json', 'selective_text',
            'coverage_accuracy', 'evaluate_checkpoint']
 
-# %% ../nbs/11_inference.ipynb #f98aff41
+# %% ../nbs/11_inference.ipynb #7f7bba2a
 def _hidden(p:Path) -> bool: return any(part.startswith(('.', '__')) for part in p.parts)
 
 def _images_in(folder:Path) -> list[Path]:
@@ -52,6 +52,9 @@ def find_images(images, # a path, folder or glob pattern, or a list of them
                 raise DataError(f"{p}: no image files in this folder "
                                 f"(looked for {', '.join(IMAGE_EXTS)})")
         elif p.is_file(): found = [p]
+        elif p.exists():   # a device, pipe or socket: never read (it could block or never end)
+            raise DataError(f'{item}: not a regular file (a device, pipe or socket); give image '
+                            'files or folders')
         elif any(c in str(item) for c in '*?['):
             found = []
             for m in sorted(glob.glob(str(item), recursive=True)):

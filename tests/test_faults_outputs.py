@@ -272,6 +272,33 @@ def test_an_undecodable_file_name_is_named_and_left_out(tiny, tmp_path):
     assert [r['path'] for r in m['left_out']] == ['raw/4/caf\\xe9.png'] and m['n_images'] == 100
 
 
+@pytest.mark.fault
+def test_names_an_index_line_cannot_hold_are_refused_or_left_out(tiny, tmp_path):
+    "A line break in a file name would split its index line; in a class name, every line."
+    raw = tiny / 'raw'
+    shutil.copy(next((raw / '4').iterdir()), raw / '4' / 'two\nlines.png')
+    res = run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2], tmp_path)
+    assert_ok(res)
+    assert 'raw/4/two\\nlines.png (its name is not valid UTF-8 or holds a line break' in res.stderr
+    assert all('lines.png' not in ln for ln in (tiny / 'splits/test.txt').read_text().splitlines())
+    (raw / 'new\nclass').mkdir()
+    shutil.copy(next((raw / '4').iterdir()), raw / 'new\nclass' / 'a.png')
+    assert_clean_error(run(['ml-split', '--raw_data', 'data/tiny/raw', '--folds', 2, '--force'],
+                           tmp_path), 'class folder name(s) new\\nclass hold')
+
+
+@pytest.mark.fault
+def test_a_device_given_as_an_image_or_a_split_file_as_output_is_refused(my_project, lost_bytes):
+    splits = my_project / 'data/my_dataset/splits'
+    lost_bytes.watch(splits)
+    assert_clean_error(run(['ml-inference', '--checkpoint_path', BEST, '--images', '/dev/zero'],
+                           my_project, timeout=120), '/dev/zero: not a regular file')
+    assert_clean_error(run(['ml-inference', '--checkpoint_path', BEST, '--images',
+                            'data/my_dataset/raw/1', '--output', 'data/my_dataset/splits/test.txt',
+                            '--force'], my_project), "inside a dataset's splits/ folder")
+    assert lost_bytes.check() == 0
+
+
 # ---------------------------------------------------------------- 7. files outside the named ones
 
 @pytest.mark.fault
