@@ -20,8 +20,8 @@ from .splits import SPLITS, check_splits, read_index
 
 # %% auto #0
 __all__ = ['POLICIES', 'base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
-           'get_datasets', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders', 'denormalize',
-           'show_batch']
+           'get_datasets', 'eval_view', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders',
+           'denormalize', 'show_batch']
 
 # %% ../nbs/05_data.ipynb #5011a7f1
 def base_transform(img, # a PIL image, already RGB
@@ -216,6 +216,21 @@ def get_datasets(cfg:Config, # the resolved configuration
         for d in out.values(): d.preload()
         logger.info(f'cached {total} decoded images in memory '
                     f'({sum(d.nbytes() for d in out.values()) / 2**20:.0f} MiB)')
+    return out
+
+# %% ../nbs/05_data.ipynb #61fc6726
+def eval_view(ds:IndexedImageDataset, # a split's dataset (the training set, augmented)
+              cfg:Config, # the resolved configuration (the eval transform)
+              max_items:int|None=5_000, # at most this many, spread evenly over the split
+             ) -> IndexedImageDataset:
+    "`ds` with the eval transform and no batch augmentation, sharing its cache."
+    idx = list(range(len(ds)))
+    if max_items and len(idx) > max_items:
+        idx = sorted({round(i * (len(ds) - 1) / (max_items - 1)) for i in range(max_items)})
+    out = IndexedImageDataset([ds.items[i] for i in idx], ds.data_dir, ds.classes,
+                              eval_transform(cfg), ds.resize_size)
+    if ds.cache is not None: out.cache = [ds.cache[i] for i in idx]
+    out.fingerprint = getattr(ds, 'fingerprint', None)
     return out
 
 # %% ../nbs/05_data.ipynb #3cf4a912

@@ -17,8 +17,8 @@ from .evaluation import (TTA, expected_calibration_error, fit_temperature, tta_v
 from .training import Callback
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'write_manifest', 'lock_run_folder', 'unlock_run_folder', 'TensorBoardScalars', 'open_run_folder',
-           'finalize_run', 'summary_text']
+__all__ = ['LOCK_NAME', 'UNDERFIT_ACC', 'write_manifest', 'lock_run_folder', 'unlock_run_folder', 'TensorBoardScalars',
+           'open_run_folder', 'under_fitting', 'finalize_run', 'summary_text']
 
 # %% ../nbs/08b_run_files.ipynb #a036002b
 def _git_commit() -> dict|None:
@@ -128,7 +128,24 @@ def open_run_folder(trainer, # a trainer being set up: `cfg`, `device`, `dataset
     others = [cb for cb in trainer.callbacks if not isinstance(cb, TensorBoardScalars)]
     trainer.callbacks = [TensorBoardScalars(trainer.writer), *others]  # first: a pruned epoch too
 
-# %% ../nbs/08b_run_files.ipynb #a1aae0ad
+# %% ../nbs/08b_run_files.ipynb #098bab46
+UNDERFIT_ACC = 0.95   # below this on its own training images (evaluation mode), a model under-fits
+
+def under_fitting(cfg, # the run's config
+                  train:dict, # metrics on the training images in evaluation mode
+                  val:dict, # metrics on the validation images
+                 ) -> str|None:
+    ("One line when the model fits less than `UNDERFIT_ACC` of its own training images (and "
+     "validation is no better, so it is not the data's noise alone), saying what to change; "
+     "else None.")
+    if train['acc'] >= UNDERFIT_ACC or val['acc'] > train['acc'] + 0.05: return None
+    t, o = cfg.training, cfg.optimizer
+    return (f"under-fitting: the model gets {train['acc']:.1%} of its own training images right "
+            f"in evaluation mode (validation {val['acc']:.1%}): it has not learnt what it saw. "
+            f'Train longer (training.num_epochs {t.num_epochs}: try {2 * t.num_epochs}), or '
+            'weaken the augmentation (augmentation.scale, mixup, cutmix), or use a larger '
+            f'model; check optimizer.lr ({o.lr:g}) with ml-lr-finder')
+
 def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
                  seconds:float, # the training time
                  stopped_early:bool, # did early stopping end it?
@@ -144,6 +161,7 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
     for split in ('val', 'test'):
         res = trainer.validate(split) if split == 'test' else trainer.full_validation()
         results[split], out[split] = res[0], res[1:]
+    if 'train_eval' in trainer.dls: results['train_eval'] = trainer.validate('train_eval')[0]
     views = tta_views(trainer.cfg) if trainer.cfg.evaluation.tta else None
     if views:
         results['test_tta'], tl, ty = trainer.validate('test', TTA(trainer.model, views))
@@ -191,6 +209,12 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
                'classes': trainer.classes, 'history': trainer.history}
     if views: summary['test_tta']['views'] = list(views)
     summary.update(trainer.extra_summary())
+    if 'train_eval' in results:
+        te = results['train_eval']
+        logger.info(f"training images in evaluation mode: accuracy {te['acc']:.4f}, loss "
+                    f"{te['loss']:.4f} ({te['n']} images)")
+        if trainer.is_main and (msg := under_fitting(trainer.cfg, te, results['val'])):
+            logger.warning(msg)
     if trainer.is_main:
         atomic_write(trainer.run_dir/'summary.json', json.dumps(summary, indent=1) + '\n')
         atomic_write(trainer.run_dir/'summary.txt', summary_text(summary))
@@ -210,9 +234,11 @@ def summary_text(s:dict) -> str:
                                               '(best.pt: the last epoch)')
              + (', stopped early' if s['stopped_early'] else ''),
              f"time: {s['train_time_s']}s"]
-    for split in ('val', 'test'):
+    for split in ('train_eval', 'val', 'test'):
+        if split not in s: continue
         m = s[split]
-        lines.append(f"{split}: accuracy {m['acc']:.4f}, "
+        lines.append(f"{'train (evaluation mode)' if split == 'train_eval' else split}: "
+                     f"accuracy {m['acc']:.4f}, "
                      f"balanced accuracy {m['balanced_acc']:.4f}, "
                      f"macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f} ({m['n']} images)")
     return '\n'.join(lines) + '\n'
