@@ -89,7 +89,7 @@ def drop_section(text:str, section:str) -> str:
     while out and not out[-1].strip(): out.pop()
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/09e_autoconfig.ipynb #41f70234
+# %% ../nbs/09e_autoconfig.ipynb #082847cf
 def inspect_dataset(data_dir, # data/NAME (holding raw/)
                     max_headers:int=500, # image headers read to estimate the typical size
                    ) -> dict:
@@ -146,15 +146,23 @@ def find_pretrained(gpu:bool=False, # prefer the larger architectures a GPU trai
             return dict(type=kind, architecture=arch, path=str(f))
     return None
 
-def machine_info() -> dict:
+def machine_info(download:bool=False, # allowed to download ImageNet weights when none are cached
+                ) -> dict:
     ("Whether a CUDA GPU is present, the CPU count, whether the CPU computes bfloat16 natively, "
-     "and the pretrained weights it has (`find_pretrained`).")
+     "and the pretrained weights it has (`find_pretrained`); with `download` and none cached, "
+     "torchvision's ResNet-18 (resnet50 on a GPU) marked to be downloaded on first use.")
     import torch
+    from imgcls.models import torchvision_weights_file
     cuda = torch.cuda.is_available()
+    ft = find_pretrained(cuda)
+    if ft is None and download:
+        arch = 'resnet50' if cuda else 'resnet18'
+        f = torchvision_weights_file(arch)
+        if f: ft = {'type': 'base', 'architecture': arch, 'path': None, 'download': f}
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
-                pretrained=find_pretrained(cuda))
+                pretrained=ft)
 
-# %% ../nbs/09e_autoconfig.ipynb #efd4db24
+# %% ../nbs/09e_autoconfig.ipynb #ca4ebeaf
 MIN_IMAGES = 20_000  # training images seen in all at least: a small set takes many epochs
 MIN_EPOCHS = 8       # every image seen at least this often (3 times above 100,000 images)
 MAX_EPOCHS = 300     # passes over a tiny set to reach MIN_IMAGES, at most
@@ -190,8 +198,19 @@ def recipe(info:dict, # from `inspect_dataset`
                            'scratch on a few hundred images (to train from scratch instead: '
                            'type custom, custom_architecture small_resnet, pretrained false)')
         r['model.architecture'] = (ft['architecture'], None)
-        r['model.pretrained'] = (True, 'start from the weights below; nothing is downloaded')
-        r['model.weights_path'] = (ft['path'], 'found in the local cache')
+        if ft.get('download'):
+            f = ft['download']
+            r['model.type'] = (ft['type'], f"fine-tuning torchvision's {ft['architecture']} from "
+                               'its ImageNet weights, downloaded on first use (ml-init-config '
+                               '--download): far better than training from scratch on a few '
+                               'hundred photos')
+            r['model.pretrained'] = (True, 'start from the ImageNet weights')
+            r['model.download'] = (True, f"{f['name']}" + (f", {f['mb']:.1f} MB" if f['mb'] else '')
+                                   + ', into the torch hub cache, its SHA-256 checked; without '
+                                   'network the run starts from scratch and says so')
+        else:
+            r['model.pretrained'] = (True, 'start from the weights below; nothing is downloaded')
+            r['model.weights_path'] = (ft['path'], 'found in the local cache')
     elif gpu and short >= 128:
         size = 224
         r['model.type'] = ('base', 'images of 128 px and more on a GPU: a torchvision ResNet-18 '
@@ -311,7 +330,7 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                     e for e in (0, 1, 3) if e < values['training.num_epochs']]}}
                if values.get('training.freeze_epochs') else {})}
 
-# %% ../nbs/09e_autoconfig.ipynb #851e6d5b
+# %% ../nbs/09e_autoconfig.ipynb #ecf83517
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -350,6 +369,7 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
                 force:bool=False, # overwrite an existing file
                 machine:dict|None=None, # override machine_info() (for tests; no time measured)
                 time_budget_min:float|None=None, # fit the run to this many minutes of training
+                download:bool=False, # photo-like folders: download ImageNet weights if none cached
                ) -> Path:
     "Write `out_dir/NAME_config.yaml` for the dataset at `data_dir`, with every key documented."
     data_dir = Path(data_dir)
@@ -360,7 +380,7 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     check_output(out, 'a config', ('.yaml', '.yml'), inputs=[data_dir], force=True)
     info = inspect_dataset(data_dir)
     measure = machine is None
-    machine = machine or machine_info()
+    machine = machine or machine_info(download)
     rec = recipe(info, machine)
     values = {'data.data_dir': (data_dir.as_posix(), None), 'data.dataset_name': (name, None),
               **rec}
@@ -397,6 +417,11 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
     elif short < FINE_TUNE_MIN_SIDE:
         start = (f"# Start: from scratch; {ft['architecture']}'s ImageNet weights are on this "
                  f'machine, but images of {short} px are too small to profit from them.\n')
+    elif ft.get('download'):
+        f = ft['download']
+        start = (f"# Start: {ft['architecture']}'s ImageNet weights, {f['name']}"
+                 + (f" ({f['mb']:.1f} MB)" if f['mb'] else '') + ', downloaded on first use '
+                 '(--download); fine-tuned (head first, then everything).\n')
     else: start = (f"# Start: {ft['architecture']}'s ImageNet weights, {ft['path']}, found on "
                    'this machine; fine-tuned (head first, then everything).\n')
     eta = _expected_time(load_config(None, vals), steps, len(info['classes'])) if measure else ''

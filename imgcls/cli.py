@@ -69,18 +69,19 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
 
 def ml_split(argv=None): return run_cli(split, 'ml-split', argv)
 
-# %% ../nbs/90_cli.ipynb #a2ccaac6
+# %% ../nbs/90_cli.ipynb #329d1201
 def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
                 optuna:bool=False, # add a search: section for ml-search
                 out_dir:str='configs', # folder for NAME_config.yaml
                 force:bool=False, # overwrite an existing config file
                 time_budget_min:float=None, # fit training to N minutes (training.time_budget_min)
+                download:bool=False, # photos: fine-tune ImageNet weights, downloaded if not cached
                ):
     ("Inspect a dataset and this machine "
      "and write configs/NAME_config.yaml with every key documented.")
     from imgcls.autoconfig import init_config as _init
     p = _init(data_dir, optuna=optuna, out_dir=out_dir, force=force,
-              time_budget_min=time_budget_min)
+              time_budget_min=time_budget_min, download=download)
     print(f'wrote {p}')
 
 def ml_init_config(argv=None):

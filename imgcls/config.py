@@ -104,7 +104,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #5d490346
+# %% ../nbs/01_config.ipynb #dbda6aaa
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainer types, and the module that defines each: one registry, from which
@@ -184,6 +184,7 @@ def valid_keys() -> list[str]:
     return list(flatten_config(default_config()))
 
 _RESULT_FREE = ('data.num_workers', 'training.device', 'data.pin_memory', 'data.cache',
+                'model.download',
                 'data.cache_max_gb', 'output.runs_dir', 'search', 'training.limit_val_batches',
                 'evaluation')  # where the run goes and how fast: not what it learns
 
