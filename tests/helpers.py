@@ -214,10 +214,23 @@ def make_damaged_dataset(data_dir) -> dict:
 
 # ---------------------------------------------------------------- headless Chromium
 
-CHROMIUM = Path('/usr/bin/chromium')
+def find_chromium() -> Path | None:
+    "A headless-capable Chromium: `IMGCLS_CHROMIUM`, else the first of the usual names on PATH."
+    given = os.environ.get('IMGCLS_CHROMIUM')
+    if given: return Path(given) if Path(given).is_file() else None
+    for name in ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable',
+                 'chrome'):
+        found = shutil.which(name)
+        if found: return Path(found)
+    return None
+
+
+CHROMIUM = find_chromium() or Path('/usr/bin/chromium')   # the latter: named in skip reasons
+HAVE_CHROMIUM = find_chromium() is not None
 needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason='Debian chromium is not installed (/usr/bin/chromium); .ci/services.sh installs it')
+    not HAVE_CHROMIUM,
+    reason='no Chromium on this machine (looked for IMGCLS_CHROMIUM, then chromium, '
+           'chromium-browser and google-chrome on PATH); .ci/services.sh installs Debian\'s')
 
 
 def dump_dom(url: str, tmp_path: Path, screenshot: Path | None = None,

@@ -234,11 +234,17 @@ def test_data_digits_writes_the_sample_first(tmp_path):
 
 def test_a_timm_model_trains_exports_and_predicts_the_same(tmp_path, tiny_split):
     "`model.type: timm` by name: trains, resumes, exports to ONNX with parity on the test images."
+    pytest.importorskip('timm', reason="timm is not installed: pip install 'imgcls[timm]'")
     cfg = tiny_config(tmp_path, model__type='timm', model__architecture='resnet10t',
                        training__num_epochs=1)
     assert_ok(run(['ml-train', '--config', cfg], tmp_path))
     best = tmp_path / 'runs' / 'tiny_fold_0' / 'weights' / 'best.pt'
+    last = best.with_name('last.pt')
     assert load_checkpoint(best)['config']['model']['type'] == 'timm'
+    assert_ok(run(['ml-train', '--resume', last, '--num_epochs', 2], tmp_path))   # resumes
+    s = json.loads((tmp_path / 'runs' / 'tiny_fold_0' / 'summary.json').read_text())
+    assert s['epochs_run'] == 2 and [r['epoch'] for r in s['history']] == [1, 2], s['history']
+    assert load_checkpoint(last)['epoch'] == 2
     res = run(['ml-export', '--checkpoint', best, '--comprehensive-validate'], tmp_path)
     assert_ok(res)
     rep = json.loads((best.parent / 'validation_report.json').read_text())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import (CHROMIUM, assert_clean_error, assert_ok, command, dump_dom, env, fresh_copy,
-                     run, show)
+from helpers import (HAVE_CHROMIUM, assert_clean_error, assert_ok, command, dump_dom, env,
+                     fresh_copy, run, show)
 from PIL import Image
 
 SCALARS = {'train/loss', 'train/acc', 'val/loss', 'val/acc', 'val/macro_f1', 'val/balanced_acc',
@@ -138,7 +138,7 @@ def test_launch_serves_the_runs_scalars_and_stops_on_ctrl_c(project, tmp_path):
         assert list(tags) == ['my_run/tensorboard'], tags
         scalars = set(tags['my_run/tensorboard'])
         assert SCALARS <= scalars, scalars
-        if CHROMIUM.exists():
+        if HAVE_CHROMIUM:
             text = visible_text(dump_dom(url, tmp_path))
             assert 'my_run/tensorboard' in text, text[:3000]
             # the Time Series page lists each group of the run's scalars with its card count
@@ -157,8 +157,8 @@ def test_launch_serves_the_runs_scalars_and_stops_on_ctrl_c(project, tmp_path):
     assert 'TensorBoard stopped' in ''.join(out)
     assert 'Traceback' not in ''.join(out + err)
     with pytest.raises(urllib.error.URLError): get_json(url + 'data/runs')
-    if not CHROMIUM.exists():
-        pytest.skip('TensorBoard checked through its JSON API only: /usr/bin/chromium is absent '
+    if not HAVE_CHROMIUM:
+        pytest.skip('TensorBoard checked through its JSON API only: no Chromium was found '
                     '(.ci/services.sh installs it)')
 
 
@@ -249,12 +249,12 @@ def test_spec_search_lines_write_self_contained_html(study_project, tmp_path, ar
         if name == 'contour' and '--params' in args:
             assert 'optimizer.lr' in html and 'training.batch_size' in html
             assert 'optimizer.momentum' not in html
-        if name in drawn and CHROMIUM.exists():
+        if name in drawn and HAVE_CHROMIUM:
             dom = rendered_text(dump_dom((plots / f'{name}.html').as_uri(), tmp_path))
             assert re.search(r'<svg class="main-svg"', dom), (name, dom[:2000])
             assert 'js-plotly-plot' in dom, name
-    if not CHROMIUM.exists():
-        pytest.skip('HTML checked without drawing it: /usr/bin/chromium is absent '
+    if not HAVE_CHROMIUM:
+        pytest.skip('HTML checked without drawing it: no Chromium was found '
                     '(.ci/services.sh installs it)')
 
 
