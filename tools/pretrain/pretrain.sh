@@ -45,6 +45,10 @@ echo "== $(date -u +%FT%TZ) train"
 EXTRA=(); [ -n "${EPOCHS:-}" ] && EXTRA=(--num_epochs "$EPOCHS")
 if [ -f "$RUN/summary.json" ] && [ -z "${EPOCHS:-}" ]; then
     echo "$RUN: finished (summary.json); EPOCHS=N $0 extends it"
+elif [ ! -f "$RUN/weights/last.pt" ] && [ -f "$HERE/state/last.pt" ]; then
+    # a run begun in an earlier sitting on another machine: its checkpoint is kept in the repo
+    mkdir -p "$RUN/weights" && cp "$HERE/state/last.pt" "$RUN/weights/last.pt"
+    ml-train --resume "$RUN/weights/last.pt" "${EXTRA[@]}"
 elif [ -f "$RUN/weights/last.pt" ]; then
     ml-train --resume "$RUN/weights/last.pt" "${EXTRA[@]}"
 else
