@@ -61,6 +61,11 @@ def _contractive_map(rng, max_sv=0.95):
 
 def _rot(x): return np.array([[math.cos(x), -math.sin(x)], [math.sin(x), math.cos(x)]])
 
+def _turn(pts, th, cx, cy):
+    "Points (x, y) about the origin, rotated by `th` and moved to (cx, cy): a vertex list."
+    c, s = math.cos(th), math.sin(th)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
 def svd_code(rng, n_lo=2, n_hi=4):
     ("An IFS code by Anderson & Farrell's sigma-factor rule: `n` maps A = R(t) diag(s1, +-s2) R(p) "
      "with singular values 1 > s1 >= s2 whose sum of s1 + 2 s2 lies in [(5+n)/2, (6+n)/2].")
@@ -202,14 +207,14 @@ def _down(a, ss):
 # ----------------------------------------------------------------------------- the three families
 def render_fractal(code, rng, size, jitter=0.1, ss=2):
     "One instance of the IFS class `code`: perturbed, flipped, rotated, scaled, coloured."
+    n_points = max(20000, int(2.5 * (size * ss) ** 2))
     for _ in range(5):
         c = perturb(code, rng, jitter)
-        pts, idx = ifs_points(c, rng, max(20000, int(2.5 * (size * ss) ** 2)))
+        pts, idx = ifs_points(c, rng, n_points)
         if np.isfinite(pts).all() and occupancy(_normalise(pts[::4]), 32).mean() > 0.05: break
-    else: c = code; pts, idx = ifs_points(c, rng, max(20000, int(2.5 * (size * ss) ** 2)))
+    else: c = code; pts, idx = ifs_points(c, rng, n_points)
     pts = _normalise(pts)
-    th = rng.uniform(0, 2 * math.pi)
-    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    rot = _rot(rng.uniform(0, 2 * math.pi))
     if rng.random() < 0.5: rot = rot @ np.diag([-1.0, 1.0])
     pts = pts @ rot.T
     lo, hi = _bounds(pts)
@@ -223,7 +228,7 @@ def render_fractal(code, rng, size, jitter=0.1, ss=2):
     flat = q[ok, 1] * S + q[ok, 0]
     count = np.bincount(flat, minlength=S * S).astype(float)
     bg = background(rng, size)
-    bg_lum = float(bg.reshape(-1, 3).mean(0) @ [0.299, 0.587, 0.114])
+    bg_lum = _lum(bg.reshape(-1, 3).mean(0))
     if rng.random() < 0.45:   # one colour
         col = np.broadcast_to(contrast_colour(rng, bg_lum), (S * S, 3))
     else:                     # a colour per map: the parts of the fractal
@@ -245,26 +250,20 @@ def _shape_polygon(shape, rng, cx, cy, r):
         a = th0 + 2 * math.pi * np.arange(m) / m
         rad = np.broadcast_to(rad, a.shape)
         return list(zip(cx + rad * np.cos(a), cy + rad * np.sin(a)))
-    def rect(w, h):
-        c, s = math.cos(th0), math.sin(th0)
-        pts = [(-w, -h), (w, -h), (w, h), (-w, h)]
-        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+    def rect(w, h): return _turn([(-w, -h), (w, -h), (w, h), (-w, h)], th0, cx, cy)
     if shape == 'circle': return poly(40, r)
     if shape == 'ellipse':
         a = th0 + 2 * math.pi * np.arange(40) / 40; e = rng.uniform(0.35, 0.55)
-        x, y = r * np.cos(a), r * e * np.sin(a)
-        c, s = math.cos(th0), math.sin(th0)
-        return list(zip(cx + x * c - y * s, cy + x * s + y * c))
+        return _turn(zip(r * np.cos(a), r * e * np.sin(a)), th0, cx, cy)
     if shape == 'square': return rect(r * 0.8, r * 0.8)
     if shape == 'bar': return rect(r, r * rng.uniform(0.15, 0.25))
     if shape == 'triangle': return poly(3, r)
     if shape == 'hexagon': return poly(6, r)
     if shape == 'star': return poly(10, np.tile([r, r * 0.42], 5))
     if shape == 'cross':
-        w = r * 0.3; c, s = math.cos(th0), math.sin(th0)
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
-               (-r, w), (-r, -w), (-w, -w)]
-        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+        w = r * 0.3
+        return _turn([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r),
+                      (-w, w), (-r, w), (-r, -w), (-w, -w)], th0, cx, cy)
     raise ValueError(shape)
 
 def render_leaves(shape, large, rng, size, ss=2):
@@ -275,7 +274,7 @@ def render_leaves(shape, large, rng, size, ss=2):
     draw = ImageDraw.Draw(canvas)
     n = int(rng.integers(6, 14)) if large else int(rng.integers(30, 70))
     lo, hi = (0.12, 0.3) if large else (0.04, 0.09)
-    bg_lum = float(bg.reshape(-1, 3).mean(0) @ [0.299, 0.587, 0.114])
+    bg_lum = _lum(bg.reshape(-1, 3).mean(0))
     for _ in range(n):
         r = S * math.exp(rng.uniform(math.log(lo), math.log(hi)))
         cx, cy = rng.uniform(-0.1, 1.1, 2) * S
@@ -284,7 +283,7 @@ def render_leaves(shape, large, rng, size, ss=2):
     img = _down(np.asarray(canvas, float) / 255, ss)
     return finish(rng, img)
 
-def _palette_map(t, rng, bg_lum=None):
+def _palette_map(t, rng):
     "Map t in [0, 1] (HxW) to colours between two random contrasting colours."
     c1 = rng.random(3); c2 = contrast_colour(rng, _lum(c1), 0.3)
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
@@ -380,16 +379,16 @@ def _save(img, path):
 
 def make_class(job):
     "Write the missing images of one class; returns how many it wrote."
-    dest, ci, name, family, spec, code, per_class, size, seed, jitter = job
+    dest, name, family, spec, code, per_class, size, seed, jitter = job
     d = Path(dest)/'raw'/name; d.mkdir(parents=True, exist_ok=True)
+    fam = ('fractal', 'leaves', 'texture').index(family)   # the stream: family, its index
+    k = spec if family == 'fractal' else (
+        SHAPES.index(spec[0]) + len(SHAPES) * spec[1] if family == 'leaves'
+        else TEXTURES.index(spec))
     written = 0
     for i in range(per_class):
         p = d/f'{i:05d}.png'
         if p.exists(): continue
-        fam = ('fractal', 'leaves', 'texture').index(family)   # the stream: family, its index
-        k = spec if family == 'fractal' else (
-            SHAPES.index(spec[0]) + len(SHAPES) * spec[1] if family == 'leaves'
-            else TEXTURES.index(spec))
         rng = np.random.default_rng([seed, fam, int(k), i])
         if family == 'fractal': img = render_fractal(np.asarray(code), rng, size, jitter)
         elif family == 'leaves': img = render_leaves(spec[0], spec[1], rng, size)
@@ -397,7 +396,7 @@ def make_class(job):
         _save(img, p); written += 1
     return name, written
 
-def contact_sheet(dest, classes, out, per_row=8, n_classes=24, size=None):
+def contact_sheet(dest, classes, out, per_row=8, n_classes=24):
     "A PNG grid: `per_row` images of each of `n_classes` classes spread over the families."
     picks = np.unique(np.linspace(0, len(classes) - 1, n_classes).astype(int))
     rows = []
@@ -450,8 +449,8 @@ def main(argv=None):
         if not same: raise SystemExit(f'{dest} was generated with other settings ({meta_path}); '
                                       'use another DEST')
     meta_path.write_text(json.dumps(meta, indent=1))
-    jobs = [(str(dest), ci, n, f, s, codes[s] if f == 'fractal' else None, a.per_class, a.size,
-             a.seed, a.jitter) for ci, (n, f, s) in enumerate(classes)]
+    jobs = [(str(dest), n, f, s, codes[s] if f == 'fractal' else None, a.per_class, a.size,
+             a.seed, a.jitter) for n, f, s in classes]
     total = 0
     workers = max(1, min(2, a.workers))
     if workers == 1: results = map(make_class, jobs)
