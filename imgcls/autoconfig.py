@@ -330,7 +330,7 @@ def search_space(values:dict, # the recipe's values (`suggest_values`)
                     e for e in (0, 1, 3) if e < values['training.num_epochs']]}}
                if values.get('training.freeze_epochs') else {})}
 
-# %% ../nbs/09e_autoconfig.ipynb #3bb920af
+# %% ../nbs/09e_autoconfig.ipynb #e05f8819
 def step_seconds(cfg, # a resolved config: the model, input size, batch size and trainer
                  num_classes:int, # outputs of the model
                  steps:int=3, # timed training steps (after two untimed ones)
@@ -340,6 +340,7 @@ def step_seconds(cfg, # a resolved config: the model, input size, batch size and
     import torch
     from imgcls.config import Config
     from imgcls.models import get_model
+    from imgcls.trainer import trainer_class
     from imgcls.training import autocast_dtype, get_device
     cfg = Config(cfg.to_dict()); cfg.model['pretrained'] = False
     dev = get_device(cfg.training.device)
@@ -347,7 +348,8 @@ def step_seconds(cfg, # a resolved config: the model, input size, batch size and
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     s, bs = cfg.data.image_size, cfg.training.batch_size
     x, y = torch.randn(bs, 3, s, s, device=dev), torch.randint(0, num_classes, (bs,), device=dev)
-    dtype = autocast_dtype(cfg, dev)
+    dtype = (autocast_dtype(cfg.training.amp_dtype, dev)
+             if trainer_class(cfg.training.trainer_type).autocasts else None)
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()

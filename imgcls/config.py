@@ -12,7 +12,7 @@ import yaml
 from .core import ConfigError, atomic_write, check_output_dir, first_line
 
 # %% auto #0
-__all__ = ['TEMPLATE_PATH', 'TRAINER_MODULES', 'FLAG_KEYS', 'MAX_RUN_NAME', 'parse_yaml', 'load_yaml', 'template_text', 'Config',
+__all__ = ['TEMPLATE_PATH', 'TRAINERS', 'FLAG_KEYS', 'MAX_RUN_NAME', 'parse_yaml', 'load_yaml', 'template_text', 'Config',
            'default_config', 'flatten_config', 'valid_keys', 'config_changes', 'nearest_key', 'validate_config',
            'parse_value', 'parse_overrides', 'cli_overrides', 'load_config', 'save_config', 'run_name',
            'create_run_dir']
@@ -104,13 +104,16 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #dbda6aaa
+# %% ../nbs/01_config.ipynb #406b17b2
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
-# The trainer types, and the module that defines each: one registry, from which
-# `training.trainer_type`'s allowed values come and `get_trainer` imports a trainer's module.
-TRAINER_MODULES = {'standard': 'imgcls.trainer', 'mixed_precision': 'imgcls.trainer',
-                   'accelerate': 'imgcls.distributed', 'dp': 'imgcls.privacy'}
+# The trainers, by the name `training.trainer_type` takes, and the class of each ('module:Class'):
+# the one registry. The config's allowed values are its keys, `trainer_class` imports a class from
+# it, and what each trainer supports is declared on its class (`BaseTrainer`'s capabilities), so
+# nothing else compares trainer names. `register_trainer` adds one.
+TRAINERS = {'standard': 'imgcls.trainer:StandardTrainer',
+            'mixed_precision': 'imgcls.trainer:MixedPrecisionTrainer',
+            'accelerate': 'imgcls.distributed:AccelerateTrainer', 'dp': 'imgcls.privacy:DPTrainer'}
 
 _RULES = {
     'seed': dict(min=0), 'data.fold': dict(),  # range checked against the splits (lists the folds)
@@ -141,7 +144,7 @@ _RULES = {
     'scheduler.factor': dict(gt=0, max=1), 'scheduler.min_lr': dict(min=0),
     'loss.label_smoothing': dict(min=0, max=1, max_open=True),
     'loss.class_weights': dict(type=(str, list), null=True, choices_str=['balanced'], each_gt=0),
-    'training.trainer_type': dict(choices=list(TRAINER_MODULES)),
+    'training.trainer_type': dict(choices=TRAINERS),  # live: a registered trainer is allowed
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
     'training.epoch_repeats': dict(type=int, min=1),
@@ -157,6 +160,7 @@ _RULES = {
     'training.ema_decay': dict(type=float, gt=0, max=1, max_open=True, null=True),
     'training.freeze_epochs': dict(type=int, min=0),
     'training.mode': dict(choices=['full', 'linear_probe']),
+    'training.callbacks': dict(type=list, items='callbacks'),
     'optimizer.backbone_lr_mult': dict(gt=0),
     'optimizer.layer_decay': dict(type=float, gt=0, max=1, null=True),
     'training.time_budget_min': dict(type=float, gt=0, null=True),
@@ -214,7 +218,7 @@ def _unknown(key, source, keys):
             else '; see the template (ml-init-config) for valid keys')
     return ConfigError(f"{source}: unknown key {key!r}{hint}")
 
-# %% ../nbs/01_config.ipynb #3ae422de
+# %% ../nbs/01_config.ipynb #f271bd48
 def _type_name(t):
     return {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string',
             list: 'a list', dict: 'a mapping'}.get(t, str(t))
@@ -254,6 +258,12 @@ def _check_value(key, v, default, source):
         other = [x for x in ts if x is not str]
         raise bad('one of ' + ', '.join(r['choices_str'])
                   + (f' or {_type_name(other[0])}' if other else ''))
+    if isinstance(v, list) and r.get('items') == 'callbacks':   # each imported when training starts
+        if not all(isinstance(x, str) and ':' in x or isinstance(x, dict) and len(x) == 1
+                   and all(isinstance(k, str) and ':' in k and isinstance(a, (dict, type(None)))
+                           for k, a in x.items()) for x in v):
+            raise bad("a list of 'module:Class' or {'module:Class': {argument: value}}")
+        return
     if isinstance(v, list):
         if 'len' in r and len(v) != r['len']: raise bad(f"a list of {r['len']} numbers")
         if any(not _is(x, float) for x in v): raise bad('a list of numbers')

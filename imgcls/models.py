@@ -370,7 +370,7 @@ def dp_compatible(model:nn.Module) -> tuple[nn.Module, list[str]]:
     if errors: raise ConfigError(f'Opacus cannot train this model: {errors[0]}')
     return model, replaced
 
-# %% ../nbs/07_models.ipynb #8e185528
+# %% ../nbs/07_models.ipynb #7875561f
 def model_from_checkpoint(path, # a best.pt or last.pt
                           device='cpu', # where to put the model
                           ck:dict|None=None, # the checkpoint, if already loaded from `path`
@@ -384,6 +384,6 @@ def model_from_checkpoint(path, # a best.pt or last.pt
     cfg = Config(ck['config'])
     cfg.model['pretrained'] = False  # the checkpoint has the weights; no ImageNet file needed
     model = get_model(cfg, num_classes=len(ck['classes']))
-    if ck.get('trainer_type') == 'dp': model, _ = dp_compatible(model)
+    if ck.get('dp') is not None: model, _ = dp_compatible(model)   # a DP-SGD run's checkpoint
     load_weights(model, ck['model'], source=str(path))
     return model.to(device).eval(), ck

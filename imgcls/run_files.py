@@ -128,7 +128,7 @@ def open_run_folder(trainer, # a trainer being set up: `cfg`, `device`, `dataset
     others = [cb for cb in trainer.callbacks if not isinstance(cb, TensorBoardScalars)]
     trainer.callbacks = [TensorBoardScalars(trainer.writer), *others]  # first: a pruned epoch too
 
-# %% ../nbs/08b_run_files.ipynb #098bab46
+# %% ../nbs/08b_run_files.ipynb #baa50901
 UNDERFIT_ACC = 0.95   # below this on its own training images (evaluation mode), a model under-fits
 
 def under_fitting(cfg, # the run's config
@@ -197,9 +197,9 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
         save_checkpoint(best_path, ck)
     summary = {'run_dir': str(trainer.run_dir), 'trainer_type': trainer.trainer_type,
                'device': str(trainer.device),
-               'epochs_run': trainer.epoch, 'best_epoch': trainer.early.best_epoch,
+               'epochs_run': trainer.epoch, 'best_epoch': trainer.best_tracker.best_epoch,
                'monitor': trainer.cfg.training.monitor,
-               'best_value': trainer.early.best, 'stopped_early': stopped_early,
+               'best_value': trainer.best_tracker.best, 'stopped_early': stopped_early,
                'best_weights': trainer.best_weights,
                **{split: {k: m[k] for k in ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')}
                   for split, m in results.items()},  # val, test (and test_tta)
