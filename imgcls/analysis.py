@@ -56,7 +56,7 @@ def gradcam(model:nn.Module, # the classifier (put in eval mode here)
     cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1))
     return cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
 
-# %% ../nbs/14a_analysis.ipynb #836dc796
+# %% ../nbs/14a_analysis.ipynb #ee5b36bc
 def _png(img:Image.Image, side:int=96) -> bytes:
     "`img` shrunk to fit `side` pixels, as PNG bytes."
     img = img.copy(); img.thumbnail((side, side))
@@ -80,6 +80,7 @@ def _blend(x:torch.Tensor, cam:torch.Tensor, cfg:Config) -> np.ndarray:
                                         align_corners=False)[0, 0].numpy()
     return (0.55 * img + 0.45 * matplotlib.colormaps['jet'](h)[..., :3]).clip(0, 1)
 
+# %% ../nbs/14a_analysis.ipynb #0f399cb7
 class Interpretation:
     "What a trained model gets wrong on one split: losses, confusions, outliers, label issues."
     def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
@@ -181,6 +182,7 @@ class Interpretation:
         x = torch.stack([self.ds[self.idx[i]][0] for i in ids]).to(self.predictor.device)
         return x, gradcam(self.model, x)
 
+# %% ../nbs/14a_analysis.ipynb #454ac270
 def label_issues(cv_dir, # a folder written by `ml-train --fold all`
                  top:int|None=None, # at most this many, best-ranked first
                  data_dir=None, # the dataset folder: paths are given inside it
@@ -279,7 +281,7 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     ui.picks, ui.save = picks, _save   # for scripts and tests
     return ui
 
-# %% ../nbs/14a_analysis.ipynb #bba31d6e
+# %% ../nbs/14a_analysis.ipynb #ce454e74
 _CSS = ('body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}'
         'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
         '.grid{display:flex;flex-wrap:wrap;gap:10px}.card{font-size:12px;width:110px}'
@@ -354,6 +356,7 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
                 f"{metrics['acc']:.4f}; report {out/'report.html'}")
     return res
 
+# %% ../nbs/14a_analysis.ipynb #c45a18a6
 def _img(path) -> str:
     try: return _thumb(load_image(path))
     except Exception: return ''

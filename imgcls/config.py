@@ -12,10 +12,10 @@ import yaml
 from .core import ConfigError, atomic_write, check_output_dir, first_line
 
 # %% auto #0
-__all__ = ['TEMPLATE_PATH', 'TRAINERS', 'FLAG_KEYS', 'MAX_RUN_NAME', 'parse_yaml', 'load_yaml', 'template_text', 'Config',
-           'default_config', 'flatten_config', 'valid_keys', 'config_changes', 'nearest_key', 'validate_config',
-           'parse_value', 'parse_overrides', 'cli_overrides', 'load_config', 'save_config', 'run_name',
-           'create_run_dir']
+__all__ = ['TEMPLATE_PATH', 'TEMPLATE_LINE', 'TRAINERS', 'FLAG_KEYS', 'MAX_RUN_NAME', 'parse_yaml', 'load_yaml', 'template_text',
+           'split_comment', 'Config', 'default_config', 'flatten_config', 'valid_keys', 'config_changes', 'nearest_key',
+           'validate_config', 'parse_value', 'parse_overrides', 'cli_overrides', 'load_config', 'save_config',
+           'run_name', 'create_run_dir']
 
 # %% ../nbs/01_config.ipynb #046cfe79
 _FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -60,12 +60,26 @@ def load_yaml(path):
     except UnicodeDecodeError: raise ConfigError(f'{path}: not a UTF-8 text file') from None
     return parse_yaml(text, str(path))
 
-# %% ../nbs/01_config.ipynb #e64879af
+# %% ../nbs/01_config.ipynb #0a9b9eb7
 TEMPLATE_PATH = Path(str(importlib.resources.files('imgcls')/'config_template.yaml'))
 
 def template_text() -> str:
     "The documented configuration template shipped with imgcls."
     return TEMPLATE_PATH.read_text(encoding='utf-8')
+
+TEMPLATE_LINE = re.compile(r'^(?P<ind> *)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$')  # `key: rest`
+
+def split_comment(rest:str) -> tuple[str, str]:
+    "A template line's value and its trailing comment, cut at a ` #` outside quotes and brackets."
+    q, depth = None, 0
+    for i, ch in enumerate(rest):
+        if q:
+            if ch == q: q = None
+        elif ch in '\'"': q = ch
+        elif ch in '[{': depth += 1
+        elif ch in ']}': depth -= 1
+        elif ch == '#' and depth == 0 and (i == 0 or rest[i-1] == ' '): return rest[:i], rest[i:]
+    return rest, ''
 
 # %% ../nbs/01_config.ipynb #cb6d1c58
 class Config(dict):

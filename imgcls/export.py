@@ -370,29 +370,30 @@ def onnx_op_counts(data:bytes, # a serialised ONNX model
     from collections import Counter
     return dict(Counter(n.op_type for n in onnx.load_from_string(data).graph.node))
 
-# %% ../nbs/12a_export.ipynb #f32084b9
+# %% ../nbs/12a_export.ipynb #a8e6b4e3
 @dataclass
 class ExportOptions:
     "What to export and which checks to run: checked when made (an `ExportError` for a bad value)."
-    opset:int|None = None # ONNX opset (None: DEFAULT_OPSET)
-    input_size:tuple|None = None # (height, width); None: the run's data.image_size
-    with_preprocessing:bool = False # take uint8 images, preprocess in the graph
-    quantize:str|None = None # 'int8': also write NAME.int8.onnx
-    calib_images:int = 128 # int8: training images to calibrate on
-    int8_range:str = 'reduced' # int8 weights: 'reduced' (7-bit, any x86 CPU) or 'full' (VNNI)
-    validate:bool = False # onnx.checker and ONNX Runtime at batch 1 and N
+    # each field is also a flag of `ml-export`, its comment the flag's help
+    opset:int|None = None # ONNX opset (default 18; below 18 the TorchScript exporter is used)
+    input_size:tuple[int, int]|None = None # HEIGHT WIDTH of the input (default: the run's size)
+    validate:bool = False # onnx.checker, then ONNX Runtime at batch 1 and batch N
     comprehensive_validate:bool = False # PyTorch vs ONNX Runtime on the run's test images
-    benchmark:bool = False # PyTorch eager vs ONNX Runtime speed
-    batch_size:int = 16 # batch N of validate, benchmark and the int8 speed test
-    atol:float = 1e-4 # comprehensive: largest allowed |logit difference|
-    min_agreement:float = 0.99 # comprehensive: smallest allowed top-1 agreement
-    max_images:int|None = None # test images compared, spread over the split (None: all)
-    data_dir:str|None = None # dataset folder (None: the run's)
-    bench_iters:int = 20 # benchmark, int8: timed runs at batch 1
-    bench_warmup:int = 3 # benchmark, int8: untimed runs first
-    bench_threads:int|None = None # benchmark, int8: threads of both engines (None: torch's)
-    progress:bool|None = None # progress bars (None: in Jupyter and terminals)
-    force:bool = False # replace existing output files of the user's (never a checkpoint or report)
+    benchmark:bool = False # batch-1 latency and batch-N throughput, PyTorch vs ONNX Runtime
+    batch_size:int = 16 # batch N of --validate, --benchmark and the int8 speed test
+    atol:float = 1e-4 # --comprehensive-validate: largest allowed |logit difference|
+    min_agreement:float = 0.99 # --comprehensive-validate: smallest top-1 agreement allowed
+    max_images:int|None = None # N test images spread over the split, for every comparison
+    data_dir:str|None = None # dataset folder: test and calibration images (default: the run's)
+    bench_iters:int = 20 # --benchmark, int8: timed runs at batch 1 (batch N: a quarter, >= 3)
+    bench_warmup:int = 3 # --benchmark, int8: untimed runs before timing
+    bench_threads:int|None = None # --benchmark, int8: threads of each engine (default: torch's)
+    with_preprocessing:bool = False # take uint8 images (N, H, W, 3); preprocess inside
+    quantize:str|None = None # int8: also write NAME.int8.onnx, calibrated on training images
+    calib_images:int = 128 # --quantize: training/validation images to calibrate on
+    int8_range:str = 'reduced' # --quantize: reduced (7-bit weights, any CPU) | full (VNNI)
+    force:bool = False # replace existing files at --output (never a checkpoint or run file)
+    progress:bool|None = None # progress bars (None: in Jupyter and terminals; not a flag)
 
     def __post_init__(self):
         if self.input_size is not None: self.input_size = _input_size(self.input_size)

@@ -423,7 +423,7 @@ def format_quantized(q:dict) -> list[str]:
               for r in _speed_rows(sp, 'fp32', 'int8')]
     return lines
 
-# %% ../nbs/12b_export_checks.ipynb #23cf628e
+# %% ../nbs/12b_export_checks.ipynb #59e43505
 REPORT_NAME = 'validation_report.json'
 
 def _versions() -> dict:
@@ -438,6 +438,33 @@ def _is_export_report(path) -> bool:
     "Is `path` a report an earlier export wrote?"
     d = json.loads(Path(path).read_text())
     return isinstance(d, dict) and {'checkpoint', 'onnx', 'passed'} <= set(d)
+
+def _check_preprocessing(run, meta:dict, data:bytes, o:ExportOptions, rep:dict):
+    ("The graph with the preprocessing inside against imgcls's own on raw test images, into "
+     "`rep`: a failure under --comprehensive-validate, else reported (or skipped, with why).")
+    try: rep['preprocessing_parity'] = pp = _raw_parity(
+            run, meta, data, o.data_dir, o.max_images, o.progress)
+    except ExportError as e:
+        if o.comprehensive_validate: raise
+        rep['preprocessing_parity'] = pp = {'skipped': str(e)}
+    if o.comprehensive_validate and not pp['top1_agreement'] >= o.min_agreement:
+        rep['failures'].append(f"preprocessing parity: top-1 agreement "
+                               f"{pp['top1_agreement']:.2%} < {o.min_agreement:.2%} on raw "
+                               f"test images (max |prob diff| {pp['max_prob_diff']:.3g})")
+
+def _int8(run, bare:bytes, meta:dict, data:bytes, out, o:ExportOptions, rep:dict) -> bytes:
+    "The int8 model, calibrated on training images, checked and compared with float; into `rep`."
+    calib = calibration_images(run, o.calib_images, o.data_dir)
+    q = quantize_onnx(bare, calib, int8_range=o.int8_range)
+    int8 = add_preprocessing(q) if o.with_preprocessing else q
+    validate_onnx(int8, o.batch_size)
+    ds = _test_dataset(run, meta, _test_data_dir(run, o.data_dir), o.max_images)
+    import torch  # the int8 timing uses the benchmark's threads: torch's by default
+    rep['quantize'] = {'onnx': str(int8_path(out)), 'written': False,
+                       'calibration_images': len(calib), **_quant_compare(
+        data, int8, [ds.path(i) for i in range(len(ds))], ds.targets, o.batch_size,
+        o.bench_iters, o.bench_warmup, o.bench_threads or torch.get_num_threads(), o.progress)}
+    return int8
 
 def export_checkpoint(checkpoint, # a best.pt or last.pt, a run folder, or a CV folder
                       output=None, # the .onnx file (None: beside the checkpoint)
@@ -473,28 +500,8 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt, a run folder, or a CV 
                 run, OnnxPredictor(bare).meta, bare, o.data_dir, o.max_images, o.atol,
                 o.min_agreement)
             rep['failures'] += c['failures']
-        if o.with_preprocessing:
-            try: rep['preprocessing_parity'] = pp = _raw_parity(
-                    run, meta, data, o.data_dir, o.max_images, o.progress)
-            except ExportError as e:
-                if o.comprehensive_validate: raise
-                rep['preprocessing_parity'] = pp = {'skipped': str(e)}
-            if o.comprehensive_validate and not pp['top1_agreement'] >= o.min_agreement:
-                rep['failures'].append(f"preprocessing parity: top-1 agreement "
-                                       f"{pp['top1_agreement']:.2%} < {o.min_agreement:.2%} on raw "
-                                       f"test images (max |prob diff| {pp['max_prob_diff']:.3g})")
-        if o.quantize and not rep['failures']:
-            calib = calibration_images(run, o.calib_images, o.data_dir)
-            q = quantize_onnx(bare, calib, int8_range=o.int8_range)
-            int8 = add_preprocessing(q) if o.with_preprocessing else q
-            validate_onnx(int8, o.batch_size)
-            ds = _test_dataset(run, meta, _test_data_dir(run, o.data_dir), o.max_images)
-            import torch  # the int8 timing uses the benchmark's threads: torch's by default
-            rep['quantize'] = {'onnx': str(int8_path(out)), 'written': False,
-                               'calibration_images': len(calib), **_quant_compare(
-                data, int8, [ds.path(i) for i in range(len(ds))], ds.targets, o.batch_size,
-                o.bench_iters, o.bench_warmup, o.bench_threads or torch.get_num_threads(),
-                o.progress)}
+        if o.with_preprocessing: _check_preprocessing(run, meta, data, o, rep)
+        if o.quantize and not rep['failures']: int8 = _int8(run, bare, meta, data, out, o, rep)
     except ImgclsError as e: rep['failures'].append(str(e))
     rep['passed'] = not rep['failures']
     if rep['passed']:

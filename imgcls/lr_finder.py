@@ -72,7 +72,7 @@ def suggest_lrs(lrs, # learning rates of the sweep, increasing
         out['steepest'] = float(lrs[lo + int(np.argmin(slope))])
     return out
 
-# %% ../nbs/10_lr_finder.ipynb #57fd8f76
+# %% ../nbs/10_lr_finder.ipynb #f901c57f
 def _cycle(loader):
     "Batches of `loader` forever: a new pass (the sampler's next epoch) whenever one ends."
     sampler = getattr(loader, 'sampler', None)
@@ -150,89 +150,91 @@ class LRFinder:
         else: opt.step()
         return total / self.accum_steps
 
-    # -- the sweep -----------------------------------------------------------------------------
-    def range_test(self, loader, # yields (images, labels); started over when it runs out
-                   start_lr:float=1e-7, # first learning rate
-                   end_lr:float=10.0, # last learning rate (if the sweep gets that far)
-                   num_iter:int=100, # steps from start_lr to end_lr
-                   diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
-                   beta:float=0.98, # smoothing factor of the loss's moving average (0: none)
-                   restore:bool=True, # put model, optimizer and random state back afterwards
-                   progress:bool|None=None, # progress bar (None: in Jupyter and terminals)
-                  ) -> dict:
-        "Run the sweep; returns `results()`."
-        _check_sweep(start_lr, end_lr, num_iter, diverge_threshold, beta)
-        self.settings = dict(start_lr=float(start_lr), end_lr=float(end_lr), num_iter=num_iter,
-                             diverge_threshold=float(diverge_threshold), beta=float(beta),
-                             accum_steps=self.accum_steps, max_grad_norm=self.max_grad_norm,
-                             autocast_dtype=str(self.autocast_dtype).replace('torch.', '')
-                             if self.autocast_dtype is not None else None)
-        self.lrs, self.losses, self.raw_losses, self.stop_reason = [], [], [], 'completed'
-        snap = self._snapshot(loader)
-        scaler = (torch.amp.GradScaler('cuda') if self.device.type == 'cuda'
-                  and self.autocast_dtype == torch.float16 else None)
-        batches, ratio, avg, best = _cycle(loader), end_lr / start_lr, 0.0, math.inf
-        every = max(1, num_iter // 10)
-        bar = progress_bar(range(num_iter), total=num_iter, desc='LR finder', enabled=progress)
-        self.model.train()
-        try:
-            for i in bar:
-                lr = start_lr * ratio ** (i / (num_iter - 1))
-                for g in self.optimizer.param_groups: g['lr'] = lr
-                loss = self._step(batches, scaler)
-                if not math.isfinite(loss):
-                    self.stop_reason = 'nan'
-                    logger.info(f'step {i + 1}: the loss is {loss} at lr {lr:.3g}; sweep stopped')
-                    break
-                avg = beta * avg + (1 - beta) * loss
-                smooth = avg / (1 - beta ** (i + 1))
-                self.lrs.append(lr); self.raw_losses.append(loss); self.losses.append(smooth)
-                best = min(best, smooth)
-                if (i + 1) % every == 0:
-                    logger.info(f'step {i + 1}/{num_iter}  lr {lr:.3g}  loss {loss:.4f}  '
-                                f'smoothed {smooth:.4f}')
-                if smooth > diverge_threshold * best:
-                    self.stop_reason = 'diverged'
-                    logger.info(f'step {i + 1}: smoothed loss {smooth:.4f} > '
-                                f'{diverge_threshold:g} x its minimum {best:.4f} at lr {lr:.3g}; '
-                                'sweep stopped')
-                    break
-        finally:
-            if hasattr(bar, 'close'): bar.close()
-            batches.close()
-            if restore: self._restore(snap, loader)
-        if not self.losses:
-            raise TrainingError(f'the loss was NaN or infinite from the first step '
-                                f'(lr {start_lr:g}); check the data and the model, '
-                                'or lower start_lr')
-        return self.results()
+# %% ../nbs/10_lr_finder.ipynb #bedf601b
+@patch
+def range_test(self:LRFinder, loader, # yields (images, labels); started over when it runs out
+               start_lr:float=1e-7, # first learning rate
+               end_lr:float=10.0, # last learning rate (if the sweep gets that far)
+               num_iter:int=100, # steps from start_lr to end_lr
+               diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
+               beta:float=0.98, # smoothing factor of the loss's moving average (0: none)
+               restore:bool=True, # put model, optimizer and random state back afterwards
+               progress:bool|None=None, # progress bar (None: in Jupyter and terminals)
+              ) -> dict:
+    "Run the sweep; returns `results()`."
+    _check_sweep(start_lr, end_lr, num_iter, diverge_threshold, beta)
+    self.settings = dict(start_lr=float(start_lr), end_lr=float(end_lr), num_iter=num_iter,
+                         diverge_threshold=float(diverge_threshold), beta=float(beta),
+                         accum_steps=self.accum_steps, max_grad_norm=self.max_grad_norm,
+                         autocast_dtype=str(self.autocast_dtype).replace('torch.', '')
+                         if self.autocast_dtype is not None else None)
+    self.lrs, self.losses, self.raw_losses, self.stop_reason = [], [], [], 'completed'
+    snap = self._snapshot(loader)
+    scaler = (torch.amp.GradScaler('cuda') if self.device.type == 'cuda'
+              and self.autocast_dtype == torch.float16 else None)
+    batches, ratio, avg, best = _cycle(loader), end_lr / start_lr, 0.0, math.inf
+    every = max(1, num_iter // 10)
+    bar = progress_bar(range(num_iter), total=num_iter, desc='LR finder', enabled=progress)
+    self.model.train()
+    try:
+        for i in bar:
+            lr = start_lr * ratio ** (i / (num_iter - 1))
+            for g in self.optimizer.param_groups: g['lr'] = lr
+            loss = self._step(batches, scaler)
+            if not math.isfinite(loss):
+                self.stop_reason = 'nan'
+                logger.info(f'step {i + 1}: the loss is {loss} at lr {lr:.3g}; sweep stopped')
+                break
+            avg = beta * avg + (1 - beta) * loss
+            smooth = avg / (1 - beta ** (i + 1))
+            self.lrs.append(lr); self.raw_losses.append(loss); self.losses.append(smooth)
+            best = min(best, smooth)
+            if (i + 1) % every == 0:
+                logger.info(f'step {i + 1}/{num_iter}  lr {lr:.3g}  loss {loss:.4f}  '
+                            f'smoothed {smooth:.4f}')
+            if smooth > diverge_threshold * best:
+                self.stop_reason = 'diverged'
+                logger.info(f'step {i + 1}: smoothed loss {smooth:.4f} > '
+                            f'{diverge_threshold:g} x its minimum {best:.4f} at lr {lr:.3g}; '
+                            'sweep stopped')
+                break
+    finally:
+        if hasattr(bar, 'close'): bar.close()
+        batches.close()
+        if restore: self._restore(snap, loader)
+    if not self.losses:
+        raise TrainingError(f'the loss was NaN or infinite from the first step '
+                            f'(lr {start_lr:g}); check the data and the model, '
+                            'or lower start_lr')
+    return self.results()
 
-    # -- what it found -------------------------------------------------------------------------
-    @property
-    def suggestions(self) -> dict: return suggest_lrs(self.lrs, self.losses)
+# %% ../nbs/10_lr_finder.ipynb #d52fc01e
+@patch(as_prop=True)
+def suggestions(self:LRFinder) -> dict: return suggest_lrs(self.lrs, self.losses)
 
-    @property
-    def suggestion_method(self) -> str|None:
-        "Which suggestion is the primary one: steepest, else valley, else minimum."
-        s = self.suggestions
-        return next((k for k in ('steepest', 'valley', 'minimum') if s[k] is not None), None)
+@patch(as_prop=True)
+def suggestion_method(self:LRFinder) -> str|None:
+    "Which suggestion is the primary one: steepest, else valley, else minimum."
+    s = self.suggestions
+    return next((k for k in ('steepest', 'valley', 'minimum') if s[k] is not None), None)
 
-    @property
-    def suggestion(self) -> float|None:
-        "The suggested learning rate."
-        m = self.suggestion_method
-        return self.suggestions[m] if m is not None else None
+@patch(as_prop=True)
+def suggestion(self:LRFinder) -> float|None:
+    "The suggested learning rate."
+    m = self.suggestion_method
+    return self.suggestions[m] if m is not None else None
 
-    def results(self) -> dict:
-        "Everything the sweep found, as plain JSON-ready values."
-        i_min = int(np.argmin(self.losses)) if self.losses else None
-        return {'suggestion': self.suggestion, 'suggestion_method': self.suggestion_method,
-                'suggestions': self.suggestions, 'stop_reason': self.stop_reason,
-                'iterations': len(self.lrs),
-                'min_loss': self.losses[i_min] if i_min is not None else None,
-                'min_loss_lr': self.lrs[i_min] if i_min is not None else None,
-                'settings': dict(self.settings), 'lrs': list(self.lrs),
-                'losses': list(self.losses), 'raw_losses': list(self.raw_losses)}
+@patch
+def results(self:LRFinder) -> dict:
+    "Everything the sweep found, as plain JSON-ready values."
+    i_min = int(np.argmin(self.losses)) if self.losses else None
+    return {'suggestion': self.suggestion, 'suggestion_method': self.suggestion_method,
+            'suggestions': self.suggestions, 'stop_reason': self.stop_reason,
+            'iterations': len(self.lrs),
+            'min_loss': self.losses[i_min] if i_min is not None else None,
+            'min_loss_lr': self.lrs[i_min] if i_min is not None else None,
+            'settings': dict(self.settings), 'lrs': list(self.lrs),
+            'losses': list(self.losses), 'raw_losses': list(self.raw_losses)}
 
 # %% ../nbs/10_lr_finder.ipynb #caa4c0cc
 _MARKS = {'steepest': ('o', 'C3', 'steepest descent'), 'minimum': ('s', 'C2', 'minimum / 10'),
@@ -281,13 +283,24 @@ def save(self:LRFinder, run_dir, # folder for lr_plot.png and results.json
     paths['plot'] = atomic_write(run_dir/'lr_plot.png', buf.getvalue())
     return paths
 
-# %% ../nbs/10_lr_finder.ipynb #55a6473c
+# %% ../nbs/10_lr_finder.ipynb #e6d0d305
 def _model_info(cfg:Config, model:nn.Module, classes:list) -> dict:
     m = cfg.model
     return {'type': m.type,
             'architecture': m.custom_architecture if m.type == 'custom' else m.architecture,
             'pretrained': m.pretrained, 'num_classes': len(classes), 'classes': list(classes),
             'parameters': sum(p.numel() for p in model.parameters())}
+
+def _sweep_record(cfg, config, overrides, info:dict, n_train:int, device) -> dict:
+    "What `results.json` records beside the sweep: the model, the data, the optimizer, the run."
+    return {'model': info,
+            'data': {'data_dir': str(cfg.data.data_dir), 'fold': cfg.data.fold,
+                     'train_images': n_train, 'batch_size': cfg.training.batch_size},
+            'optimizer': cfg.optimizer.to_dict(),
+            'run': {'config': str(config) if not isinstance(config, Config) else None,
+                    'overrides': {k: v for k, v in (overrides or {}).items()},
+                    'seed': cfg.seed, 'device': str(device),
+                    'trainer_type': cfg.training.trainer_type}}
 
 def find_lr(config, # a Config, or the path of a YAML file
             overrides:dict|None=None, # dotted key -> value, applied to the config
@@ -319,14 +332,7 @@ def find_lr(config, # a Config, or the path of a YAML file
                       cfg.training.max_grad_norm, cfg.training.gradient_accumulation_steps)
     finder.cfg, finder.classes, finder.run_dir = cfg, ds.classes, None
     info = _model_info(cfg, model, ds.classes)
-    extra = {'model': info,
-             'data': {'data_dir': str(cfg.data.data_dir), 'fold': cfg.data.fold,
-                      'train_images': len(ds), 'batch_size': cfg.training.batch_size},
-             'optimizer': cfg.optimizer.to_dict(),
-             'run': {'config': str(config) if not isinstance(config, Config) else None,
-                     'overrides': {k: v for k, v in (overrides or {}).items()},
-                     'seed': cfg.seed, 'device': str(device),
-                     'trainer_type': cfg.training.trainer_type}}
+    extra = _sweep_record(cfg, config, overrides, info, len(ds), device)
     log = None
     if save:
         finder.run_dir = create_run_dir(cfg, name=f"lr_finder_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -128,7 +128,7 @@ def open_run_folder(trainer, # a trainer being set up: `cfg`, `device`, `dataset
     others = [cb for cb in trainer.callbacks if not isinstance(cb, TensorBoardScalars)]
     trainer.callbacks = [TensorBoardScalars(trainer.writer), *others]  # first: a pruned epoch too
 
-# %% ../nbs/08b_run_files.ipynb #baa50901
+# %% ../nbs/08b_run_files.ipynb #9f5974b3
 UNDERFIT_ACC = 0.95   # below this on its own training images (evaluation mode), a model under-fits
 
 def under_fitting(cfg, # the run's config
@@ -146,31 +146,22 @@ def under_fitting(cfg, # the run's config
             'weaken the augmentation (augmentation.scale, mixup, cutmix), or use a larger '
             f'model; check optimizer.lr ({o.lr:g}) with ml-lr-finder')
 
-def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
-                 seconds:float, # the training time
-                 stopped_early:bool, # did early stopping end it?
-                 images:int, # training images seen (for the throughput)
-                ) -> dict:
-    ("Load `best.pt`, evaluate it on val and test (and with TTA when asked), fit the temperature "
-     "on val and store it in `best.pt`, write the reports, `summary.json` and `summary.txt`, "
-     "close the run's log; returns the summary.")
-    best_path = trainer.run_dir/'weights'/'best.pt' if trainer.run_dir is not None else None
-    if best_path is not None and best_path.exists():
-        load_weights(trainer.unwrapped_model, load_checkpoint(best_path)['model'], str(best_path))
-    results, out = {}, {}
-    for split in ('val', 'test'):
-        res = trainer.validate(split) if split == 'test' else trainer.full_validation()
-        results[split], out[split] = res[0], res[1:]
-    if 'train_eval' in trainer.dls: results['train_eval'] = trainer.validate('train_eval')[0]
+# %% ../nbs/08b_run_files.ipynb #58fbeb5b
+def _test_with_tta(trainer, results:dict) -> dict|None:
+    "With `evaluation.tta`: the test split again, averaged over the TTA views, and its report."
     views = tta_views(trainer.cfg) if trainer.cfg.evaluation.tta else None
-    if views:
-        results['test_tta'], tl, ty = trainer.validate('test', TTA(trainer.model, views))
-        logger.info(f"test accuracy with TTA ({', '.join(views)}): "
-                    f"{results['test_tta']['acc']:.4f} (without: {results['test']['acc']:.4f})")
-        if trainer.is_main:
-            write_report(trainer.run_dir, 'test_tta', results['test_tta'], trainer.classes,
-                         ty.numpy(), tl.argmax(1).numpy(), trainer.writer, trainer.epoch)
-    # temperature scaling: one number, fitted on val, that calibrates the probabilities
+    if not views: return None
+    results['test_tta'], tl, ty = trainer.validate('test', TTA(trainer.model, views))
+    logger.info(f"test accuracy with TTA ({', '.join(views)}): "
+                f"{results['test_tta']['acc']:.4f} (without: {results['test']['acc']:.4f})")
+    if trainer.is_main:
+        write_report(trainer.run_dir, 'test_tta', results['test_tta'], trainer.classes,
+                     ty.numpy(), tl.argmax(1).numpy(), trainer.writer, trainer.epoch)
+    return views
+
+def _calibrate(trainer, results:dict, out:dict, best_path) -> dict:
+    ("Temperature scaling: one number, fitted on val, that calibrates the probabilities; the "
+     "val and test reports with calibrated probabilities, and the temperature kept in best.pt.")
     t = fit_temperature(*out['val'])
     calibration = {'temperature': t}
     for split in ('val', 'test'):
@@ -195,6 +186,26 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
         ck = load_checkpoint(best_path)
         ck['temperature'] = t
         save_checkpoint(best_path, ck)
+    return calibration
+
+def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
+                 seconds:float, # the training time
+                 stopped_early:bool, # did early stopping end it?
+                 images:int, # training images seen (for the throughput)
+                ) -> dict:
+    ("Load `best.pt`, evaluate it on val and test (and with TTA when asked), fit the temperature "
+     "on val and store it in `best.pt`, write the reports, `summary.json` and `summary.txt`, "
+     "close the run's log; returns the summary.")
+    best_path = trainer.run_dir/'weights'/'best.pt' if trainer.run_dir is not None else None
+    if best_path is not None and best_path.exists():
+        load_weights(trainer.unwrapped_model, load_checkpoint(best_path)['model'], str(best_path))
+    results, out = {}, {}
+    for split in ('val', 'test'):
+        res = trainer.validate(split) if split == 'test' else trainer.full_validation()
+        results[split], out[split] = res[0], res[1:]
+    if 'train_eval' in trainer.dls: results['train_eval'] = trainer.validate('train_eval')[0]
+    views = _test_with_tta(trainer, results)
+    calibration = _calibrate(trainer, results, out, best_path)
     summary = {'run_dir': str(trainer.run_dir), 'trainer_type': trainer.trainer_type,
                'device': str(trainer.device),
                'epochs_run': trainer.epoch, 'best_epoch': trainer.best_tracker.best_epoch,

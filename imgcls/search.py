@@ -89,7 +89,7 @@ def _hide(text:str, url:str) -> str:
         if len(s) >= 4: text = text.replace(s, '***')
     return SECRET_PARAM.sub(r'\1***', text)
 
-# %% ../nbs/13a_search.ipynb #9b168c2b
+# %% ../nbs/13a_search.ipynb #db283bbe
 def _stale_callback(max_retry):
     "Log a trial failed by heartbeat, note it in its run folder, and queue it again."
     optuna = import_optuna()
@@ -108,6 +108,22 @@ def _stale_callback(max_retry):
         retry(study, trial)
     return _stale
 
+def _engine_kwargs(url:str, create:bool) -> dict:
+    "SQLAlchemy's engine arguments for `url`; a SQLite file's folder made (or its absence refused)."
+    if not url.startswith('sqlite'):
+        kw = {'pool_pre_ping': True}
+        if url.startswith(('postgresql', 'mysql')): kw['connect_args'] = {'connect_timeout': 10}
+        return kw
+    path = url.split(':///', 1)[1].partition('?')[0]
+    if path and path != ':memory:' and not path.startswith('file:'):
+        p = Path(path)
+        if not create and not p.is_file(): raise SearchError(f'{p}: no such study database')
+        try: p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchError(f'cannot create {p.parent} for the study database {p}: '
+                              f'{e.strerror}') from None
+    return {'connect_args': {'timeout': 60}}   # a few workers wait for each other's writes
+
 def open_storage(url:str|None=None, # an Optuna storage URL (see `resolve_storage`)
                  runs_dir='runs', # `output.runs_dir`
                  heartbeat_interval:int|None=None, # seconds between heartbeats; None or 0: off
@@ -119,20 +135,7 @@ def open_storage(url:str|None=None, # an Optuna storage URL (see `resolve_storag
     optuna = import_optuna()
     url = resolve_storage(url, runs_dir)
     shown = mask_url(url)
-    kw = {}
-    if url.startswith('sqlite'):
-        path = url.split(':///', 1)[1].partition('?')[0]
-        if path and path != ':memory:' and not path.startswith('file:'):
-            p = Path(path)
-            if not create and not p.is_file(): raise SearchError(f'{p}: no such study database')
-            try: p.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise SearchError(f'cannot create {p.parent} for the study database {p}: '
-                                  f'{e.strerror}') from None
-        kw['connect_args'] = {'timeout': 60}   # a few workers wait for each other's writes
-    else:
-        kw['pool_pre_ping'] = True
-        if url.startswith(('postgresql', 'mysql')): kw['connect_args'] = {'connect_timeout': 10}
+    kw = _engine_kwargs(url, create)
     hb = {}
     if heartbeat_interval:
         cb = ('heartbeat_stale_trial_callback' if 'heartbeat_stale_trial_callback' in
@@ -351,7 +354,7 @@ def write_best_config(study, # an Optuna study with at least one COMPLETE trial
         atomic_write(path, head + text)
     return path
 
-# %% ../nbs/13a_search.ipynb #980b230a
+# %% ../nbs/13a_search.ipynb #5b20137a
 _FREE_SECTIONS = ('sampler', 'pruner', 'search_space')
 
 def _set(d:dict, dotted:str, v):
@@ -401,6 +404,44 @@ def trial_counts(study) -> dict:
     for t in study.get_trials(deepcopy=False): out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 
+# %% ../nbs/13a_search.ipynb #efd79a85
+def _check_search(cfg, source, n) -> int:
+    "Refuse a search that cannot run before a study is opened: the trial count, trainer, direction."
+    s = cfg.search
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f'--n-trials must be a whole number >= 1, got {n!r}')
+    if trainer_class(cfg.training.trainer_type).several_processes:
+        raise ConfigError(f'{source}: ml-search runs each trial in one process; use '
+                          'training.trainer_type standard or mixed_precision for a search')
+    want = MONITOR_MODE[s.metric] + 'imize'
+    if s.direction != want:
+        raise ConfigError(f'{source}: search.direction {s.direction} does not suit search.metric '
+                          f'{s.metric} (better is {"higher" if want == "maximize" else "lower"}); '
+                          f'set search.direction: {want}')
+    return n
+
+def _after_trial(cfg, bar):
+    "Optuna's callback after each trial: one log line, the bar moved on, best_config.yaml kept."
+    metric = cfg.search.metric
+    def after_trial(study, ft):
+        msg = f"trial {ft.number} {ft.state.name.lower().replace('fail', 'failed')}"
+        if ft.state.name == 'COMPLETE': msg += f': {metric} {ft.value:.4f}'
+        elif ft.state.name == 'PRUNED':
+            steps = sorted(ft.intermediate_values)
+            msg += f' after epoch {steps[-1]}' if steps else ''
+        elif ft.state.name == 'FAIL': msg += f": {ft.user_attrs.get('error', 'failed')}"
+        try: best = study.best_trial
+        except ValueError: best = None   # nothing completed yet
+        if best is not None:
+            msg += f'; best so far: trial {best.number}, {metric} {best.value:.4f}'
+        logger.info(msg)
+        if bar is not None:
+            bar.update(1)
+            if best is not None: bar.set_postfix_str(f'best {metric} {best.value:.4f}')
+        if best is not None and ft.state.name == 'COMPLETE': write_best_config(study, cfg)
+    return after_trial
+
+# %% ../nbs/13a_search.ipynb #7903a101
 def run_search(config, # a YAML file with a `search:` section, or a `Config`
                overrides:dict|None=None, # dotted key -> value, applied to the file
                n_trials:int|None=None, # trials this process runs; None: `search.n_trials`
@@ -422,17 +463,7 @@ def run_search(config, # a YAML file with a `search:` section, or a `Config`
     if study_name: s['study_name'] = study_name
     s['storage'] = storage_url(storage, s.storage)
     check_study_name(name)
-    n = n_trials if n_trials is not None else s.n_trials
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f'--n-trials must be a whole number >= 1, got {n!r}')
-    if trainer_class(cfg.training.trainer_type).several_processes:
-        raise ConfigError(f'{source}: ml-search runs each trial in one process; use '
-                          'training.trainer_type standard or mixed_precision for a search')
-    want = MONITOR_MODE[s.metric] + 'imize'
-    if s.direction != want:
-        raise ConfigError(f'{source}: search.direction {s.direction} does not suit search.metric '
-                          f'{s.metric} (better is {"higher" if want == "maximize" else "lower"}); '
-                          f'set search.direction: {want}')
+    n = _check_search(cfg, source, n_trials if n_trials is not None else s.n_trials)
     space = check_search_space(cfg, source)
     sampler, pruner = build_sampler(cfg, space, source), build_pruner(cfg, source)
     check_output_dir(cfg.output.runs_dir, 'search studies')
@@ -455,25 +486,9 @@ def run_search(config, # a YAML file with a `search:` section, or a `Config`
                     f"sampler {s.sampler['type']}, pruner {s.pruner['type']}; "
                     f"space {', '.join(space)}; study folder {sdir}")
         bar = progress_bar(None, total=n, desc=f'search {name}', enabled=progress, leave=True)
-        def after_trial(study, ft):
-            msg = f"trial {ft.number} {ft.state.name.lower().replace('fail', 'failed')}"
-            if ft.state.name == 'COMPLETE': msg += f': {s.metric} {ft.value:.4f}'
-            elif ft.state.name == 'PRUNED':
-                steps = sorted(ft.intermediate_values)
-                msg += f' after epoch {steps[-1]}' if steps else ''
-            elif ft.state.name == 'FAIL': msg += f": {ft.user_attrs.get('error', 'failed')}"
-            try: best = study.best_trial
-            except ValueError: best = None   # nothing completed yet
-            if best is not None:
-                msg += f'; best so far: trial {best.number}, {s.metric} {best.value:.4f}'
-            logger.info(msg)
-            if bar is not None:
-                bar.update(1)
-                if best is not None: bar.set_postfix_str(f'best {s.metric} {best.value:.4f}')
-            if best is not None and ft.state.name == 'COMPLETE': write_best_config(study, cfg)
         catch = (TrainingError, torch.cuda.OutOfMemoryError)
         study.optimize(lambda t: run_trial(t, cfg, space, callbacks, progress), n_trials=n,
-                       timeout=timeout, catch=catch, callbacks=[after_trial])
+                       timeout=timeout, catch=catch, callbacks=[_after_trial(cfg, bar)])
         c = trial_counts(study)
         logger.info(f"study '{name}': {sum(c.values())} trials ("
                     + ', '.join(f'{v} {k.lower()}' for k, v in sorted(c.items())) + ')')

@@ -285,7 +285,121 @@ def _curate(scan, cur) -> dict:
                     f"{len(done['relabelled'])} relabelled")
     return {'hash': cur['hash'] if cur else None, **done}
 
-# %% ../nbs/03_splits.ipynb #2390996d
+# %% ../nbs/03_splits.ipynb #e63e117a
+def _check_split_args(folds, test_ratio, val_ratio, bad_images, near_dup_distance, group_by):
+    "Refuse `make_splits` arguments out of range before anything is read; `group_by` compiled."
+    if folds < 1: raise DataError(f'--folds must be at least 1, got {folds}')
+    if not 0 < test_ratio < 1:
+        raise DataError(f'--test_ratio must be between 0 and 1, got {test_ratio}')
+    if not 0 < val_ratio < 1:
+        raise DataError(f'--val_ratio must be between 0 and 1, got {val_ratio}')
+    if bad_images not in ('skip', 'error'):
+        raise DataError(f"bad_images must be skip or error, got '{bad_images}'")
+    if (isinstance(near_dup_distance, bool) or not isinstance(near_dup_distance, int)
+            or not 0 <= near_dup_distance <= 10):
+        raise DataError('--near_dup_distance must be a whole number of bits from 0 (no check) '
+                        f'to 10, got {near_dup_distance!r}')
+    if group_by is None: return None
+    try: return re.compile(group_by)
+    except re.error as e:
+        raise DataError(f"--group_by '{group_by}' is not a valid regex ({e})") from None
+
+def _group_ids(scan, group_re) -> list[str]:
+    "One group an image: `group_re`'s match in its path (its first group, if it has one)."
+    paths = [r for r, _ in scan.items]
+    ms = [group_re.search(p) for p in paths]
+    groups = [(m.group(1) if m.re.groups else m.group(0)) if m else p for m, p in zip(ms, paths)]
+    first = {}
+    for i, h in enumerate(scan.sha1): groups[i] = first.setdefault(h, groups[i])  # copies together
+    unmatched = sum(m is None for m in ms)
+    if unmatched: logger.warning(f"--group_by '{group_re.pattern}' matched no group in "
+                                 f'{unmatched} path(s); each of those is a group of its own')
+    return groups
+
+def _draw(scan, groups, folds, test_ratio, val_ratio, seed, raw_dir) -> dict[str, list[str]]:
+    "Index file name -> its sorted paths: a stratified (and grouped) test set, then the folds."
+    from sklearn.model_selection import (StratifiedGroupKFold, StratifiedKFold,
+                                         StratifiedShuffleSplit)
+    paths, y, n_classes = [r for r, _ in scan.items], [c for _, c in scan.items], len(scan.counts())
+    def _first(frac, idx, yy):
+        "A share `frac` of `idx` (rest, part), stratified by `yy` and grouped as asked."
+        if groups is None:
+            sp = StratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
+            return next(sp.split(idx, yy))
+        sp = StratifiedGroupKFold(n_splits=max(2, round(1 / frac)), shuffle=True, random_state=seed)
+        return next(sp.split(idx, yy, [groups[i] for i in idx]))
+    n_test = math.ceil(test_ratio * len(paths))
+    if groups is None and n_test < n_classes:
+        raise DataError(f'{raw_dir}: a test set of {test_ratio:g} of {len(paths)} images is '
+                        f'{n_test} images, fewer than the {n_classes} classes (a stratified '
+                        'test set holds each class at least once); raise --test_ratio to '
+                        f'{math.ceil(n_classes / len(paths) * 100) / 100:g} or more, or add '
+                        'images')
+    try: rest_idx, test_idx = _first(test_ratio, list(range(len(paths))), y)
+    except ValueError as e:
+        raise DataError(f'{raw_dir}: cannot draw a stratified test set ({e})') from None
+    rest_idx = np.asarray(rest_idx)
+    rest_y = [y[i] for i in rest_idx]
+    _check_class_sizes(Counter(scan.classes[c] for c in rest_y), folds, raw_dir, after_test=True)
+    files = {'test.txt': sorted(paths[i] for i in test_idx)}
+    if folds == 1: parts = [_first(val_ratio, list(rest_idx), rest_y)]
+    elif groups is None:
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = skf.split(rest_idx, rest_y)
+    else:
+        sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        try: parts = list(sgk.split(rest_idx, rest_y, [groups[i] for i in rest_idx]))
+        except ValueError as e:
+            raise DataError(f'{raw_dir}: cannot make {folds} grouped folds ({e}); '
+                            'use fewer --folds or a finer --group_by') from None
+    for k, (tr, va) in enumerate(parts):
+        files[f'fold_{k}_train.txt'] = sorted(paths[rest_idx[i]] for i in tr)
+        files[f'fold_{k}_val.txt'] = sorted(paths[rest_idx[i]] for i in va)
+    return files
+
+def _roles(files, paths, folds) -> dict[str, list[str]]:
+    "Path -> its split in each fold ('train', 'val' or 'test')."
+    roles = {p: ['test'] * folds for p in paths}
+    for k in range(folds):
+        for s in ('train', 'val'):
+            for p in files[f'fold_{k}_{s}.txt']: roles[p][k] = s
+    return roles
+
+def _up_to_date(out, raw_hash, settings, force, bad_images) -> dict|None:
+    "The manifest of intact splits in `out` made from this data and `settings`, else None."
+    old = read_manifest(out) if out.exists() else None
+    same = (old is not None and old.get('raw_hash') == raw_hash
+            and all(old.get(k) == v for k, v in settings.items()))   # data and settings
+    if same and not force and _intact(out, old):
+        rejected = [(r['path'], r['reason']) for r in old.get('rejected') or []]
+        if rejected and bad_images == 'error': raise _unusable(rejected)
+        logger.info(f"{out}: splits are up to date ({settings['folds']} folds, "
+                    f"seed {settings['seed']})")
+        return old
+    if out.exists() and not force:   # never overwrite splits made otherwise unasked
+        raise DataError(f'{out} ' + ('has index files edited or removed since ml-split wrote '
+                                     'them' if same else 'already exists with other data or '
+                                     'settings')
+                        + '; pass --force to re-make it (the old splits are kept beside it)')
+    return None
+
+def _write_set(out, texts, manifest):
+    "Write the index files and manifest to `out` in one step; an old set there is kept aside."
+    tmp = Path(tempfile.mkdtemp(prefix='.splits.tmp-', dir=out.parent))
+    os.chmod(tmp, 0o777 & ~umask())   # as mkdir would make it, not mkdtemp's 0700
+    try:
+        for n, t in texts.items(): atomic_write(tmp/n, t)
+        atomic_write(tmp/MANIFEST, json.dumps(manifest, indent=1) + '\n')
+        if out.exists() and _exchange(tmp, out):   # the new set in place in one step: a kill
+            old_set, tmp = tmp, None                  # at any moment leaves a whole set there
+            logger.info(f'previous splits kept in {_move_aside(out, old_set)}')
+        else:
+            if out.exists(): logger.info(f'previous splits kept in {_move_aside(out)}')
+            os.replace(tmp, out)
+    finally:
+        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/03_splits.ipynb #25fce66e
 class SplitResult:
     "What `make_splits` did: the splits folder, its manifest, and what it found on the way."
     def __init__(self, splits_dir, manifest, written:bool):
@@ -311,43 +425,17 @@ def make_splits(
                             # difference hashes differ in at most this many bits (0: no check)
 ) -> SplitResult:
     "Scan `raw_dir`, then write a stratified test set and `folds` stratified train/val folds."
-    from sklearn.model_selection import (StratifiedGroupKFold, StratifiedKFold,
-                                         StratifiedShuffleSplit)
     raw_dir = _check_raw_dir(raw_dir)
-    if folds < 1: raise DataError(f'--folds must be at least 1, got {folds}')
-    if not 0 < test_ratio < 1:
-        raise DataError(f'--test_ratio must be between 0 and 1, got {test_ratio}')
-    if not 0 < val_ratio < 1:
-        raise DataError(f'--val_ratio must be between 0 and 1, got {val_ratio}')
-    if bad_images not in ('skip', 'error'):
-        raise DataError(f"bad_images must be skip or error, got '{bad_images}'")
-    if (isinstance(near_dup_distance, bool) or not isinstance(near_dup_distance, int)
-            or not 0 <= near_dup_distance <= 10):
-        raise DataError('--near_dup_distance must be a whole number of bits from 0 (no check) '
-                        f'to 10, got {near_dup_distance!r}')
+    group_re = _check_split_args(folds, test_ratio, val_ratio, bad_images, near_dup_distance,
+                                 group_by)
     data_dir, out = raw_dir.parent, raw_dir.parent/SPLITS
     raw_hash = file_list_hash(raw_dir)
     cur = read_curation(data_dir)
     settings = dict(folds=folds, test_ratio=test_ratio, val_ratio=val_ratio if folds == 1 else None,
                     seed=seed, group_by=group_by, dedupe=dedupe)
     settings['curation_hash'] = cur['hash'] if cur else None   # changed or removed: new settings
-    if group_by is not None:
-        try: group_re = re.compile(group_by)
-        except re.error as e:
-            raise DataError(f"--group_by '{group_by}' is not a valid regex ({e})") from None
-    old = read_manifest(out) if out.exists() else None
-    same = (old is not None and old.get('raw_hash') == raw_hash
-            and all(old.get(k) == v for k, v in settings.items()))   # data and settings
-    if same and not force and _intact(out, old):
-        rejected = [(r['path'], r['reason']) for r in old.get('rejected') or []]
-        if rejected and bad_images == 'error': raise _unusable(rejected)
-        logger.info(f'{out}: splits are up to date ({folds} folds, seed {seed})')
-        return SplitResult(out, old, written=False)
-    if out.exists() and not force:
-        raise DataError(f'{out} ' + ('has index files edited or removed since ml-split wrote '
-                                     'them' if same else 'already exists with other data or '
-                                     'settings')
-                        + '; pass --force to re-make it (the old splits are kept beside it)')
+    old = _up_to_date(out, raw_hash, settings, force, bad_images)
+    if old is not None: return SplitResult(out, old, written=False)
     scan = scan_images(raw_dir)
     if scan.rejected:
         if bad_images == 'error': raise _unusable(scan.rejected)
@@ -357,66 +445,17 @@ def make_splits(
     curated = _curate(scan, cur)
     counts = scan.counts()
     _check_class_sizes(counts, folds, raw_dir)
-    paths = [r for r, _ in scan.items]
-    y = [c for _, c in scan.items]
-    groups = None
-    if group_by is not None:
-        ms = [group_re.search(p) for p in paths]
-        groups = [(m.group(1) if m.re.groups else m.group(0)) if m else p
-                  for m, p in zip(ms, paths)]
-        first = {}
-        for i, h in enumerate(scan.sha1):  # identical images go together
-            groups[i] = first.setdefault(h, groups[i])
-        unmatched = sum(m is None for m in ms)
-        if unmatched: logger.warning(f"--group_by '{group_by}' matched no group in {unmatched} "
-                                     'path(s); each of those is a group of its own')
-    def _first(frac, idx, yy):
-        "A share `frac` of `idx` (rest, part), stratified by `yy` and grouped as asked."
-        if groups is None:
-            sp = StratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
-            return next(sp.split(idx, yy))
-        sp = StratifiedGroupKFold(n_splits=max(2, round(1 / frac)), shuffle=True, random_state=seed)
-        return next(sp.split(idx, yy, [groups[i] for i in idx]))
-    n_test = math.ceil(test_ratio * len(paths))
-    if groups is None and n_test < len(counts):
-        raise DataError(f'{raw_dir}: a test set of {test_ratio:g} of {len(paths)} images is '
-                        f'{n_test} images, fewer than the {len(counts)} classes (a stratified '
-                        'test set holds each class at least once); raise --test_ratio to '
-                        f'{math.ceil(len(counts) / len(paths) * 100) / 100:g} or more, or add '
-                        'images')
-    try: rest_idx, test_idx = _first(test_ratio, list(range(len(paths))), y)
-    except ValueError as e:
-        raise DataError(f'{raw_dir}: cannot draw a stratified test set ({e})') from None
-    rest_idx = np.asarray(rest_idx)
-    rest_y = [y[i] for i in rest_idx]
-    _check_class_sizes(Counter(scan.classes[c] for c in rest_y), folds, raw_dir, after_test=True)
-    files = {'test.txt': sorted(paths[i] for i in test_idx)}
-    if folds == 1: parts = [_first(val_ratio, list(rest_idx), rest_y)]
-    elif groups is None:
-        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        parts = skf.split(rest_idx, rest_y)
-    else:
-        sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        try: parts = list(sgk.split(rest_idx, rest_y, [groups[i] for i in rest_idx]))
-        except ValueError as e:
-            raise DataError(f'{raw_dir}: cannot make {folds} grouped folds ({e}); '
-                            'use fewer --folds or a finer --group_by') from None
-    for k, (tr, va) in enumerate(parts):
-        files[f'fold_{k}_train.txt'] = sorted(paths[rest_idx[i]] for i in tr)
-        files[f'fold_{k}_val.txt'] = sorted(paths[rest_idx[i]] for i in va)
+    groups = _group_ids(scan, group_re) if group_re is not None else None
+    files = _draw(scan, groups, folds, test_ratio, val_ratio, seed, raw_dir)
     label = {d['path']: d['label'] for d in curated['relabelled']}  # relabelled: path<TAB>class
     texts = {n: ''.join(f'{p}\t{label[p]}\n' if p in label else p + '\n' for p in lst)
              for n, lst in files.items()}
-    roles = {p: ['test'] * folds for p in paths}
-    for k in range(folds):
-        for s in ('train', 'val'):
-            for p in files[f'fold_{k}_{s}.txt']: roles[p][k] = s
-    dups = _duplicates(scan, roles)
-    near = _near_duplicates(scan, roles, near_dup_distance)
+    roles = _roles(files, [r for r, _ in scan.items], folds)
+    dups, near = _duplicates(scan, roles), _near_duplicates(scan, roles, near_dup_distance)
     manifest = dict(
         version=1, created=datetime.datetime.now().isoformat(timespec='seconds'),
         raw_dir=raw_dir.name, raw_hash=raw_hash, **settings, classes=scan.classes,
-        n_images=len(paths),
+        n_images=len(scan.items),
         counts=dict(total=counts, test=len(files['test.txt'])),
         files={n: _sha256(t) for n, t in texts.items()},
         rejected=[dict(path=p, reason=r) for p, r in scan.rejected], duplicates=dups,
@@ -426,19 +465,7 @@ def make_splits(
         curation=dict(file=CURATION, **curated) if cur is not None else None)
     for g in dups: logger.warning(_describe_duplicates(g))
     _warn_near(near, out/MANIFEST)
-    tmp = Path(tempfile.mkdtemp(prefix='.splits.tmp-', dir=data_dir))
-    os.chmod(tmp, 0o777 & ~umask())   # as mkdir would make it, not mkdtemp's 0700
-    try:
-        for n, t in texts.items(): atomic_write(tmp/n, t)
-        atomic_write(tmp/MANIFEST, json.dumps(manifest, indent=1) + '\n')
-        if out.exists() and _exchange(tmp, out):   # the new set in place in one step: a kill
-            old_set, tmp = tmp, None                  # at any moment leaves a whole set there
-            logger.info(f'previous splits kept in {_move_aside(out, old_set)}')
-        else:
-            if out.exists(): logger.info(f'previous splits kept in {_move_aside(out)}')
-            os.replace(tmp, out)
-    finally:
-        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
+    _write_set(out, texts, manifest)
     return SplitResult(out, manifest, written=True)
 
 # %% ../nbs/03_splits.ipynb #32a92a97
