@@ -12,14 +12,15 @@ from .core import ConfigError, check_output_dir, cli_help, run_cli, setup_loggin
 from fastcore.meta import delegates
 
 # %% auto #0
-__all__ = ['VISUALISE_MODES', 'sample_data', 'ml_sample_data', 'split', 'ml_split', 'init_config', 'ml_init_config',
-           'prepare_data', 'train', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_analyze', 'export', 'ml_export',
-           'visualise', 'ml_visualise', 'ml_search']
+__all__ = ['VISUALISE_MODES', 'sample_data_command', 'ml_sample_data', 'split_command', 'ml_split', 'init_config_command',
+           'ml_init_config', 'prepare_data', 'train_command', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_analyze',
+           'export_command', 'ml_export', 'visualise_command', 'ml_visualise', 'ml_search']
 
-# %% ../nbs/90_cli.ipynb #c1c45f22
-def sample_data(dest:str='data/digits', # dataset folder to create (images go to DEST/raw/<class>/)
-                size:int=32, # side of the written images in pixels
-               ):
+# %% ../nbs/90_cli.ipynb #305c536b
+def sample_data_command(
+    dest:str='data/digits', # dataset folder to create (images go to DEST/raw/<class>/)
+    size:int=32, # side of the written images in pixels
+):
     "Write scikit-learn's bundled handwritten digits (1,797 images, 10 classes) as an image folder."
     from imgcls.images import make_sample_dataset
     check_output_dir(dest, 'a sample dataset')   # not a file, not inside another dataset's raw/
@@ -29,20 +30,22 @@ def sample_data(dest:str='data/digits', # dataset folder to create (images go to
     print(f'next: ml-init-config {Path(dest).as_posix()} && '
           f'ml-split --raw_data {raw.as_posix()} --folds 5')
 
-def ml_sample_data(argv=None): return run_cli(sample_data, 'ml-sample-data', argv, pos=('dest',))
+def ml_sample_data(argv=None):
+    return run_cli(sample_data_command, 'ml-sample-data', argv, pos=('dest',))
 
-# %% ../nbs/90_cli.ipynb #7a91946f
-def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
-          folds:int=5, # number of cross-validation folds (1: one train/val split)
-          test_ratio:float=0.2, # share of each class kept for the shared test set
-          val_ratio:float=0.2, # validation share when --folds 1
-          seed:int=42, # random seed; the same seed and data give the same split files
-          bad_images:str='skip', # skip: leave out and list files that do not decode; error: refuse
-          force:bool=False, # replace existing splits made from other data or settings (kept aside)
-          group_by:str=None, # regex over the path: images with the same match stay in one split
-          dedupe:bool=False, # keep one copy of identical images
-          near_dup_distance:int=4, # warn of look-alike images within this many hash bits (0: off)
-         ):
+# %% ../nbs/90_cli.ipynb #e4268213
+def split_command(
+    raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
+    folds:int=5, # number of cross-validation folds (1: one train/val split)
+    test_ratio:float=0.2, # share of each class kept for the shared test set
+    val_ratio:float=0.2, # validation share when --folds 1
+    seed:int=42, # random seed; the same seed and data give the same split files
+    bad_images:str='skip', # skip: leave out and list files that do not decode; error: refuse
+    force:bool=False, # replace existing splits made from other data or settings (kept aside)
+    group_by:str=None, # regex over the path: images with the same match stay in one split
+    dedupe:bool=False, # keep one copy of identical images
+    near_dup_distance:int=4, # warn of look-alike images within this many hash bits (0: off)
+):
     ("Write a stratified shared test set and K stratified train/val folds "
      "as index files in data/NAME/splits/.")
     from imgcls.core import setup_logging
@@ -68,16 +71,17 @@ def split(raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folde
         print(f"{len(m['near_duplicates'])} pair(s) of near-identical images across classes or "
               f"splits (listed above and in {res.splits_dir/'manifest.json'})")
 
-def ml_split(argv=None): return run_cli(split, 'ml-split', argv)
+def ml_split(argv=None): return run_cli(split_command, 'ml-split', argv)
 
-# %% ../nbs/90_cli.ipynb #329d1201
-def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
-                optuna:bool=False, # add a search: section for ml-search
-                out_dir:str='configs', # folder for NAME_config.yaml
-                force:bool=False, # overwrite an existing config file
-                time_budget_min:float=None, # fit training to N minutes (training.time_budget_min)
-                download:bool=False, # photos: fine-tune ImageNet weights, downloaded if not cached
-               ):
+# %% ../nbs/90_cli.ipynb #a6cbaedd
+def init_config_command(
+    data_dir:str, # the dataset folder, data/NAME (holding raw/)
+    optuna:bool=False, # add a search: section for ml-search
+    out_dir:str='configs', # folder for NAME_config.yaml
+    force:bool=False, # overwrite an existing config file
+    time_budget_min:float=None, # fit training to N minutes (training.time_budget_min)
+    download:bool=False, # photos: fine-tune ImageNet weights, downloaded if not cached
+):
     ("Inspect a dataset and this machine "
      "and write configs/NAME_config.yaml with every key documented.")
     from imgcls.autoconfig import init_config as _init
@@ -86,9 +90,9 @@ def init_config(data_dir:str, # the dataset folder, data/NAME (holding raw/)
     print(f'wrote {p}')
 
 def ml_init_config(argv=None):
-    return run_cli(init_config, 'ml-init-config', argv, pos=('data_dir',))
+    return run_cli(init_config_command, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #b9dca100
+# %% ../nbs/90_cli.ipynb #9d566aa4
 def prepare_data(data:str, # data/NAME (holding raw/), a NAME under data/, or digits
                 ) -> str:
     "Find or make the dataset, its splits and its config, printing each step; the config's path."
@@ -100,7 +104,7 @@ def prepare_data(data:str, # data/NAME (holding raw/), a NAME under data/, or di
     if not (ds/'raw').is_dir():
         if ds.name == 'digits' and not ds.exists():
             print(f'{ds}: no such dataset; writing the built-in sample there')
-            sample_data(str(ds))
+            sample_data_command(str(ds))
         elif ds.is_dir() and any(p.is_dir() for p in ds.iterdir()):
             raise DataError(f'{ds} has no raw/ folder: put the class folders in {ds}/raw/ '
                             '(imgcls writes splits/ beside it), e.g. '
@@ -110,27 +114,28 @@ def prepare_data(data:str, # data/NAME (holding raw/), a NAME under data/, or di
                             '(a folder, a name under data/, or digits for the built-in sample)')
     if not (ds/'splits'/'test.txt').is_file():
         print(f'no splits in {ds}/splits: making them (ml-split --raw_data {ds}/raw)')
-        split(str(ds/'raw'))
+        split_command(str(ds/'raw'))
     cfg = Path('configs')/f'{ds.name}_config.yaml'
     if cfg.is_file(): print(f'using {cfg} (written before; delete it to have it written again)')
     else:
         print(f'no {cfg}: writing it (ml-init-config {ds})')
-        init_config(str(ds))
+        init_config_command(str(ds))
     return str(cfg)
 
-def train(config:str=None, # the YAML config, configs/NAME_config.yaml (not with --resume)
-          data:str=None, # instead of --config: data/NAME (or digits): splits, config, then training
-          batch_size:int=None, # training.batch_size (per device under accelerate)
-          lr:float=None, # optimizer.lr
-          num_epochs:int=None, # training.num_epochs
-          fold:str=None, # data.fold: a fold number, or all to cross-validate over every fold
-          num_workers:int=None, # data.num_workers
-          device:str=None, # training.device (cuda, cuda:N, cpu, mps)
-          seed:int=None, # seed
-          resume:str=None, # continue the run of this last.pt with its config; flags change it
-          force_resume:bool=False, # resume even if the architecture, input size... changed
-          overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
-         ):
+def train_command(
+    config:str=None, # the YAML config, configs/NAME_config.yaml (not with --resume)
+    data:str=None, # instead of --config: data/NAME (or digits): splits, config, then training
+    batch_size:int=None, # training.batch_size (per device under accelerate)
+    lr:float=None, # optimizer.lr
+    num_epochs:int=None, # training.num_epochs
+    fold:str=None, # data.fold: a fold number, or all to cross-validate over every fold
+    num_workers:int=None, # data.num_workers
+    device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+    seed:int=None, # seed
+    resume:str=None, # continue the run of this last.pt with its config; flags change it
+    force_resume:bool=False, # resume even if the architecture, input size... changed
+    overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+):
     "Train a model as the config says, then evaluate it on the test set."
     from imgcls.config import cli_overrides, load_config
     from imgcls.core import ConfigError
@@ -172,22 +177,23 @@ def train(config:str=None, # the YAML config, configs/NAME_config.yaml (not with
           f"macro-F1 {s['test']['macro_f1']:.4f} ({s['test']['n']} images)")
     print(f"run folder: {s['run_dir']}")
 
-def ml_train(argv=None): return run_cli(train, 'ml-train', argv)
+def ml_train(argv=None): return run_cli(train_command, 'ml-train', argv)
 
-# %% ../nbs/90_cli.ipynb #51c68e8a
-def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
-              start_lr:float=1e-7, # first learning rate of the sweep
-              end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
-              num_iter:int=100, # steps from start_lr to end_lr (the training data is cycled)
-              diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
-              beta:float=0.98, # smoothing of the loss curve (moving average; 0: none)
-              fold:int=None, # data.fold
-              batch_size:int=None, # training.batch_size
-              device:str=None, # training.device (cuda, cuda:N, cpu, mps)
-              num_workers:int=None, # data.num_workers
-              seed:int=None, # seed
-              overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
-             ):
+# %% ../nbs/90_cli.ipynb #32ba4615
+def lr_finder_command(
+    config:str, # the YAML config, e.g. configs/NAME_config.yaml
+    start_lr:float=1e-7, # first learning rate of the sweep
+    end_lr:float=10.0, # last learning rate (if the loss has not diverged by then)
+    num_iter:int=100, # steps from start_lr to end_lr (the training data is cycled)
+    diverge_threshold:float=5.0, # stop when the smoothed loss > this x its minimum
+    beta:float=0.98, # smoothing of the loss curve (moving average; 0: none)
+    fold:int=None, # data.fold
+    batch_size:int=None, # training.batch_size
+    device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+    num_workers:int=None, # data.num_workers
+    seed:int=None, # seed
+    overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+):
     ("Sweep the learning rate on the training set; write runs/lr_finder_{timestamp}/ "
      "(lr_plot.png, results.json, lr_finder.log) and print the suggested rate.")
     from imgcls.config import cli_overrides
@@ -206,10 +212,10 @@ def lr_finder(config:str, # the YAML config, e.g. configs/NAME_config.yaml
     print(f'results: {f.run_dir} (lr_plot.png, results.json, lr_finder.log)')
     print(f'next: ml-train --config {config} --lr {f.suggestion:.2g}')
 
-# %% ../nbs/90_cli.ipynb #93139111
-def ml_lr_finder(argv=None): return run_cli(lr_finder, 'ml-lr-finder', argv)
+# %% ../nbs/90_cli.ipynb #1feb2f6b
+def ml_lr_finder(argv=None): return run_cli(lr_finder_command, 'ml-lr-finder', argv)
 
-# %% ../nbs/90_cli.ipynb #110738f0
+# %% ../nbs/90_cli.ipynb #fe1a2c87
 def _print_evaluation(r:dict, split:str, min_confidence:float):
     "What `ml-inference` prints after evaluating a split: the figures and the files written."
     from imgcls.inference import selective_text
@@ -221,21 +227,22 @@ def _print_evaluation(r:dict, split:str, min_confidence:float):
     print(f"wrote {r['paths']['report']}, {r['paths']['confusion_matrix']}, "
           f"{r['paths']['predictions']}")
 
-def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
-              images:list[str]=None, # image files, folders or glob patterns (none: test the run)
-              top_k:int=5, # classes (with probabilities) to report for each image
-              output:str=None, # predictions file (none: stdout with --images, else in the run)
-              format:str='csv', # csv or json
-              tta:bool=False, # TTA: average over views training used (default: evaluation.tta)
-              batch_size:int=64, # images a forward pass
-              device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
-              skip_bad:bool=False, # skip unreadable images (listed on stderr) instead of stopping
-              split:str='test', # without --images: the split to evaluate (test or val)
-              data_dir:str=None, # without --images: the dataset folder, if it moved since training
-              num_workers:int=0, # without --images: DataLoader worker processes
-              min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never)
-              force:bool=False, # replace an existing --output file (never a checkpoint or run file)
-             ):
+def inference_command(
+    checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (a fold ensemble)
+    images:list[str]=None, # image files, folders or glob patterns (none: test the run)
+    top_k:int=5, # classes (with probabilities) to report for each image
+    output:str=None, # predictions file (none: stdout with --images, else in the run)
+    format:str='csv', # csv or json
+    tta:bool=False, # TTA: average over views training used (default: evaluation.tta)
+    batch_size:int=64, # images a forward pass
+    device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
+    skip_bad:bool=False, # skip unreadable images (listed on stderr) instead of stopping
+    split:str='test', # without --images: the split to evaluate (test or val)
+    data_dir:str=None, # without --images: the dataset folder, if it moved since training
+    num_workers:int=0, # without --images: DataLoader worker processes
+    min_confidence:float=0.0, # answer 'unknown' below this top probability (0: never)
+    force:bool=False, # replace an existing --output file (never a checkpoint or run file)
+):
     ("Evaluate a checkpoint or a cross-validation fold ensemble on the test set (report, "
      "confusion matrix, predictions; with --min_confidence, the share of images answered and "
      "the accuracy on them), or predict the classes of any images.")
@@ -279,17 +286,18 @@ def inference(checkpoint_path:str, # runs/RUN/weights/best.pt, or runs/NAME_cv (
               f'predicted {UNKNOWN}', file=sys.stderr)
     return 0
 
-# %% ../nbs/90_cli.ipynb #b83eb0b4
-def ml_inference(argv=None): return run_cli(inference, 'ml-inference', argv)
+# %% ../nbs/90_cli.ipynb #2916972d
+def ml_inference(argv=None): return run_cli(inference_command, 'ml-inference', argv)
 
-# %% ../nbs/90_cli.ipynb #a383b88d
-def analyze(run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validation folder
-            split:str='test', # the split to analyse: test or val
-            top:int=16, # images in each grid (top losses, heatmaps, label issues)
-            max_images:int=None, # score at most this many images of the split
-            data_dir:str=None, # the dataset folder, if it moved since training
-            device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
-           ):
+# %% ../nbs/90_cli.ipynb #0bbd5577
+def analyze_command(
+    run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validation folder
+    split:str='test', # the split to analyse: test or val
+    top:int=16, # images in each grid (top losses, heatmaps, label issues)
+    max_images:int=None, # score at most this many images of the split
+    data_dir:str=None, # the dataset folder, if it moved since training
+    device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
+):
     ("Write RUN/analysis/report.html and analysis.json: per-class scores, confusions, top "
      "losses, Grad-CAM heatmaps, and label issues for a cross-validation folder.")
     from imgcls.analysis import analyze as _analyze
@@ -307,14 +315,15 @@ def analyze(run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validat
               f"in {r['label_issues_file']}")
     print(f"wrote {r['report']} and analysis.json beside it")
 
-# %% ../nbs/90_cli.ipynb #69624fbc
-def ml_analyze(argv=None): return run_cli(analyze, 'ml-analyze', argv, pos=('run',))
+# %% ../nbs/90_cli.ipynb #d611a17e
+def ml_analyze(argv=None): return run_cli(analyze_command, 'ml-analyze', argv, pos=('run',))
 
-# %% ../nbs/90_cli.ipynb #892b4c8f
-def export(checkpoint:str, # a .pt file, run folder, CV folder (ml-train --fold all) or quoted glob
-           output:str=None, # the .onnx file (default: beside the checkpoint, best.pt -> best.onnx)
-           **kwargs, # the fields of `ExportOptions`: what to export and which checks to run
-          ):
+# %% ../nbs/90_cli.ipynb #15689acd
+def export_command(
+    checkpoint:str, # a .pt file, run folder, CV folder (ml-train --fold all) or quoted glob
+    output:str=None, # the .onnx file (default: beside the checkpoint, best.pt -> best.onnx)
+    **kwargs, # the fields of `ExportOptions`: what to export and which checks to run
+):
     ("Export checkpoints or CV fold ensembles to ONNX (best.pt -> best.onnx, runs/NAME_cv -> "
      "runs/NAME_cv/ensemble.onnx), optionally with the preprocessing inside, an int8 copy, "
      "validated and benchmarked.")
@@ -337,29 +346,31 @@ def _with_fields(func, cls, but:list):
 
 def ml_export(argv=None):
     from imgcls.export import ExportOptions
-    return run_cli(_with_fields(export, ExportOptions, but=['progress']), 'ml-export', argv)
+    command = _with_fields(export_command, ExportOptions, but=['progress'])
+    return run_cli(command, 'ml-export', argv)
 
-# %% ../nbs/90_cli.ipynb #0aaf95ed
+# %% ../nbs/90_cli.ipynb #b5f6c885
 VISUALISE_MODES = ('launch', 'samples', 'predictions', 'search')  # ml-visualise --mode
 
-def visualise(mode:str, # launch | samples | predictions | search
-              run_dir:str=None, # a run folder (runs/NAME); launch: or a folder of runs (runs)
-              config:str=None, # samples: a config instead of a run; search: the ml-search config
-              checkpoint:str=None, # predictions: a checkpoint instead of RUN/weights/best.pt
-              study_name:str=None, # search: the Optuna study
-              storage:str=None, # search: its storage URL (none: as ml-search finds it)
-              plot_type:str=None, # search: one plot type, listed above (none: all of them)
-              params:list[str]=None, # search: parameters to plot (short names like lr work)
-              port:int=6006, # launch: the port to serve on
-              host:str='127.0.0.1', # launch: the address to serve on (0.0.0.0: other machines)
-              n:int=None, # samples: images a class (none: 8); predictions: images (none: 32)
-              seed:int=0, # samples, predictions: which images (and augmentations)
-              mistakes_only:bool=False, # predictions: show only misclassified images
-              split:str='test', # predictions: the split to predict (test or val)
-              data_dir:str=None, # samples, predictions: the dataset folder, if it moved
-              output:str=None, # folder to write into (none: RUN/visualise, or the study's plots/)
-              device:str=None, # predictions: cuda, cpu, ... (none: the GPU if there is one)
-             ):
+def visualise_command(
+    mode:str, # launch | samples | predictions | search
+    run_dir:str=None, # a run folder (runs/NAME); launch: or a folder of runs (runs)
+    config:str=None, # samples: a config instead of a run; search: the ml-search config
+    checkpoint:str=None, # predictions: a checkpoint instead of RUN/weights/best.pt
+    study_name:str=None, # search: the Optuna study
+    storage:str=None, # search: its storage URL (none: as ml-search finds it)
+    plot_type:str=None, # search: one plot type, listed above (none: all of them)
+    params:list[str]=None, # search: parameters to plot (short names like lr work)
+    port:int=6006, # launch: the port to serve on
+    host:str='127.0.0.1', # launch: the address to serve on (0.0.0.0: other machines)
+    n:int=None, # samples: images a class (none: 8); predictions: images (none: 32)
+    seed:int=0, # samples, predictions: which images (and augmentations)
+    mistakes_only:bool=False, # predictions: show only misclassified images
+    split:str='test', # predictions: the split to predict (test or val)
+    data_dir:str=None, # samples, predictions: the dataset folder, if it moved
+    output:str=None, # folder to write into (none: RUN/visualise, or the study's plots/)
+    device:str=None, # predictions: cuda, cpu, ... (none: the GPU if there is one)
+):
     ("Visualise runs and searches: TensorBoard, augmented training samples, test predictions, "
      "Optuna study plots. Plot types: optimization_history, param_importances, contour, "
      "parallel_coordinate, slice, rank, edf, intermediate_values, timeline.")
@@ -399,27 +410,28 @@ def visualise(mode:str, # launch | samples | predictions | search
     for p in paths.values(): print(f'wrote {p}')
     return 0
 
-def ml_visualise(argv=None): return run_cli(visualise, 'ml-visualise', argv)
+def ml_visualise(argv=None): return run_cli(visualise_command, 'ml-visualise', argv)
 
-# %% ../nbs/90_cli.ipynb #11e9207d
-def search(config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
-           n_trials:int=None, # trials this process runs (none: search.n_trials)
-           study_name:str=None, # the study's name (none: search.study_name)
-           resume:bool=False, # continue the study, or join it from another worker
-           storage:str=None, # Optuna storage URL (none: search.storage)
-           heartbeat_interval:int=60, # seconds between a running trial's heartbeats (0: off)
-           grace_period:int=None, # seconds without heartbeat before a trial fails (none: 2x)
-           max_retry:int=3, # times a trial failed by heartbeat is run again
-           timeout:float=None, # start no new trial after this many seconds
-           batch_size:int=None, # training.batch_size
-           lr:float=None, # optimizer.lr
-           num_epochs:int=None, # training.num_epochs
-           fold:int=None, # data.fold
-           num_workers:int=None, # data.num_workers
-           device:str=None, # training.device (cuda, cuda:N, cpu, mps)
-           seed:int=None, # seed
-           overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
-          ):
+# %% ../nbs/90_cli.ipynb #c3abee97
+def search_command(
+    config:str, # the YAML config with a search: section, e.g. configs/NAME_config.yaml
+    n_trials:int=None, # trials this process runs (none: search.n_trials)
+    study_name:str=None, # the study's name (none: search.study_name)
+    resume:bool=False, # continue the study, or join it from another worker
+    storage:str=None, # Optuna storage URL (none: search.storage)
+    heartbeat_interval:int=60, # seconds between a running trial's heartbeats (0: off)
+    grace_period:int=None, # seconds without heartbeat before a trial fails (none: 2x)
+    max_retry:int=3, # times a trial failed by heartbeat is run again
+    timeout:float=None, # start no new trial after this many seconds
+    batch_size:int=None, # training.batch_size
+    lr:float=None, # optimizer.lr
+    num_epochs:int=None, # training.num_epochs
+    fold:int=None, # data.fold
+    num_workers:int=None, # data.num_workers
+    device:str=None, # training.device (cuda, cuda:N, cpu, mps)
+    seed:int=None, # seed
+    overrides:list=None, # KEY=VALUE overrides (from --set and --KEY VALUE)
+):
     "Search hyperparameters with Optuna as the config's search: section says."
     from imgcls.config import cli_overrides, load_config
     from imgcls.core import setup_logging
@@ -440,5 +452,5 @@ def search(config:str, # the YAML config with a search: section, e.g. configs/NA
     print(f'best config: {bc} (train it: ml-train --config {bc})')
     return 0
 
-# %% ../nbs/90_cli.ipynb #491c675c
-def ml_search(argv=None): return run_cli(search, 'ml-search', argv)
+# %% ../nbs/90_cli.ipynb #60a5e124
+def ml_search(argv=None): return run_cli(search_command, 'ml-search', argv)
