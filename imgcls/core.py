@@ -294,7 +294,7 @@ def seed_everything(seed:int=42, # seed for Python, NumPy and torch (CPU and eve
         torch.backends.cudnn.benchmark = False
     return seed
 
-# %% ../nbs/00_core.ipynb #41fe2925
+# %% ../nbs/00_core.ipynb #f0c0537c
 X86_ARCHES = ('x86_64', 'amd64', 'i386', 'i686', 'x86')  # platform.machine() on x86
 
 def _cpuinfo_flags() -> set|None:
@@ -322,15 +322,19 @@ def cpu_features() -> dict:
      "summed in 32 bits: AVX512-VNNI or AVX-VNNI) and `bf16` (AVX512-BF16 or AMX): True, False, "
      "or None where it cannot be told.")
     arch = platform.machine().lower() or 'unknown'
-    out = {'arch': arch, 'avx2': None, 'avx512': None, 'vnni': None, 'bf16': None}
-    if arch not in X86_ARCHES:
-        f = _cpuinfo_flags() or set()
-        return {**out, 'bf16': 'bf16' in f if f else None}
     f = _cpuinfo_flags()
-    if f is None: return {**out, **{k: bool(v) for k, v in _torch_features().items()}}
-    return {**out, 'avx2': 'avx2' in f, 'avx512': 'avx512f' in f,
-            'vnni': bool(f & {'avx512_vnni', 'avx_vnni'}),
-            'bf16': bool(f & {'avx512_bf16', 'amx_bf16'})}
+    if f is None and arch in X86_ARCHES:
+        return {**_features(arch, None), **{k: bool(v) for k, v in _torch_features().items()}}
+    return _features(arch, f)
+
+def _features(arch:str, flags:set|None) -> dict:
+    "`cpu_features` from the architecture and the kernel's flags (None: not known)."
+    out = {'arch': arch, 'avx2': None, 'avx512': None, 'vnni': None, 'bf16': None}
+    if flags is None: return out
+    if arch not in X86_ARCHES: return {**out, 'bf16': 'bf16' in flags if flags else None}
+    return {**out, 'avx2': 'avx2' in flags, 'avx512': 'avx512f' in flags,
+            'vnni': bool(flags & {'avx512_vnni', 'avx_vnni'}),
+            'bf16': bool(flags & {'avx512_bf16', 'amx_bf16'})}
 
 def describe_cpu(f:dict|None=None, # `cpu_features()` (None: this CPU's)
                 ) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from helpers import (assert_clean_error, assert_ok, dump_dom, needs_chromium, run,
+from helpers import (assert_clean_error, assert_ok, dump_dom, find_chromium, needs_chromium, run,
                      tiny_config)
 from PIL import Image
 
@@ -53,6 +53,24 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_split):
 ARTEFACTS = Path(os.environ.get('IMGCLS_TEST_ARTEFACTS', Path(__file__).parent / 'artefacts'))
 SECTIONS = ('per-class', 'confusion', 'most-confused', 'top-losses', 'heatmaps-top-losses',
             'heatmaps-correct', 'outliers', 'near-duplicates')
+
+
+def test_chromium_is_found_where_it_is_installed(tmp_path, monkeypatch):
+    "The browser tests run wherever a Chromium is: any usual name on PATH, or IMGCLS_CHROMIUM."
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    exe = bin_dir / 'chromium-browser'    # Ubuntu's name, in a folder that is not /usr/bin
+    exe.write_text('#!/bin/sh\n')
+    exe.chmod(0o755)
+    monkeypatch.delenv('IMGCLS_CHROMIUM', raising=False)
+    monkeypatch.setenv('PATH', str(bin_dir))
+    assert find_chromium() == exe
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+    assert find_chromium() is None                    # then the tests skip, saying where it looked
+    monkeypatch.setenv('IMGCLS_CHROMIUM', str(exe))
+    assert find_chromium() == exe
+    monkeypatch.setenv('IMGCLS_CHROMIUM', str(tmp_path / 'gone'))
+    assert find_chromium() is None
 
 
 @needs_chromium
