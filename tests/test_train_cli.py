@@ -241,9 +241,11 @@ def test_a_timm_model_trains_exports_and_predicts_the_same(tmp_path, tiny_split)
     best = tmp_path / 'runs' / 'tiny_fold_0' / 'weights' / 'best.pt'
     last = best.with_name('last.pt')
     assert load_checkpoint(best)['config']['model']['type'] == 'timm'
+    first = json.loads((tmp_path / 'runs' / 'tiny_fold_0' / 'summary.json').read_text())
     assert_ok(run(['ml-train', '--resume', last, '--num_epochs', 2], tmp_path))   # resumes
     s = json.loads((tmp_path / 'runs' / 'tiny_fold_0' / 'summary.json').read_text())
     assert s['epochs_run'] == 2 and [r['epoch'] for r in s['history']] == [1, 2], s['history']
+    assert s['history'][0] == first['history'][0]   # epoch 1 kept as it was, not trained again
     assert load_checkpoint(last)['epoch'] == 2
     res = run(['ml-export', '--checkpoint', best, '--comprehensive-validate'], tmp_path)
     assert_ok(res)
