@@ -297,6 +297,7 @@ net = ModuleValidator.fix(get_model(Config(ck['config']), len(ck['classes'])))
 for p in net.parameters(): p.data.normal_(0, 0.3)
 ck['model'] = GradSampleModule(net).state_dict()  # keys start with _module.
 ck['trainer_type'] = 'dp'
+ck['dp'] = {'accountant': {}, 'epsilon': 1.0, 'delta': 1e-5, 'noise_multiplier': 1.0}  # DP's own
 torch.save(ck, sys.argv[2])
 ddp = {f'module.{k}': v for k, v in load_checkpoint(sys.argv[1])['model'].items()}
 torch.save({**load_checkpoint(sys.argv[1]), 'model': ddp, 'trainer_type': 'accelerate'},
