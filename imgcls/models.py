@@ -16,10 +16,11 @@ from .core import (CheckpointError, ConfigError, ImgclsError, first_line, logger
                          progress_bar, require)
 
 # %% auto #0
-__all__ = ['WEIGHTS_MIRROR_ENV', 'register_model', 'list_models', 'simple_cnn', 'BasicBlock', 'small_resnet', 'tiny_net',
-           'dp_cnn', 'replace_head', 'cached_weights_path', 'cached_timm_weights', 'DownloadError', 'download_weights',
-           'torchvision_weights_file', 'download_torchvision_weights', 'get_model', 'head_names',
-           'pretrained_preprocessing', 'use_pretrained_preprocessing', 'dp_compatible', 'model_from_checkpoint']
+__all__ = ['OFFLINE_WEIGHTS', 'WEIGHTS_MIRROR_ENV', 'register_model', 'list_models', 'simple_cnn', 'BasicBlock', 'small_resnet',
+           'tiny_net', 'dp_cnn', 'replace_head', 'cached_weights_path', 'cached_timm_weights', 'offline_weights',
+           'DownloadError', 'download_weights', 'torchvision_weights_file', 'download_torchvision_weights', 'get_model',
+           'head_names', 'pretrained_preprocessing', 'use_pretrained_preprocessing', 'dp_compatible',
+           'model_from_checkpoint']
 
 # %% ../nbs/07_models.ipynb #344b13d8
 _CUSTOM = {}
@@ -190,6 +191,17 @@ def _load_pretrained(model:nn.Module, path, arch:str):
     logger.info(f'loaded pretrained weights for {arch} from {path}'
                 + (f' (head skipped: {skipped})' if skipped else ''))
 
+# %% ../nbs/07_models.ipynb #469369f5
+OFFLINE_WEIGHTS = {'small_resnet': 'small_resnet_formula64.pt'}  # name -> imgcls/weights/
+
+def offline_weights(name:str, # a custom architecture's registered name
+                   ) -> Path|None:
+    "The pretrained weights file imgcls ships for custom architecture `name`, or None."
+    import importlib.resources
+    f = OFFLINE_WEIGHTS.get(name)
+    path = Path(str(importlib.resources.files('imgcls')))/'weights'/f if f else None
+    return path if path is not None and path.is_file() else None
+
 # %% ../nbs/07_models.ipynb #ec1706a1
 class DownloadError(ImgclsError):
     "Pretrained weights could not be downloaded (no network, cut short, wrong hash)."
@@ -248,7 +260,7 @@ def download_torchvision_weights(arch:str, # a torchvision architecture
                 + (f", {f['mb']:.1f} MB" if f['mb'] else '') + f") from {f['url']}")
     return download_weights(f['url'], cached_weights_path(arch), f['sha256_prefix'], progress)
 
-# %% ../nbs/07_models.ipynb #1da967d8
+# %% ../nbs/07_models.ipynb #cf828e1d
 _NO_AUX = ('googlenet', 'inception_v3')
 
 def get_model(cfg:Config, # the configuration (its model: section is used)
@@ -264,7 +276,14 @@ def get_model(cfg:Config, # the configuration (its model: section is used)
         kw = ({'image_size': cfg.data.image_size}
               if 'image_size' in inspect.signature(factory).parameters else {})
         model = factory(num_classes=num_classes, dropout=m.dropout, **kw)
-        if m.pretrained and m.weights_path: _load_pretrained(model, m.weights_path, name)
+        if m.pretrained:
+            path = m.weights_path or offline_weights(name)
+            if path is None:
+                raise CheckpointError(
+                    f"model.pretrained: imgcls ships no pretrained weights for custom {name} "
+                    f"(it has them for {', '.join(OFFLINE_WEIGHTS)}); set model.weights_path to "
+                    'a weights file, or model.pretrained: false')
+            _load_pretrained(model, path, name)
     elif m.type == 'timm':
         arch, names = m.architecture, list_models('timm')
         if arch not in names: raise _unknown(arch, names, 'model.architecture (timm)')
@@ -314,7 +333,7 @@ def head_names(model:nn.Module, num_classes:int) -> list[str]:
     if name is None: raise ConfigError(f'cannot find the classifier of {type(model).__name__}')
     return [f'{name}.{p}' for p, _ in model.get_submodule(name).named_parameters()]
 
-# %% ../nbs/07_models.ipynb #ecb50fa7
+# %% ../nbs/07_models.ipynb #af159204
 def pretrained_preprocessing(cfg:Config) -> dict|None:
     ("`{'mean', 'std', 'image_size', 'source'}` the pretrained weights of `cfg.model` were trained "
      "with, or None (no pretrained weights, or nothing known about them).")
@@ -329,6 +348,12 @@ def pretrained_preprocessing(cfg:Config) -> dict|None:
             if a.get('mean') and a.get('std') and d.get('image_size'):
                 return {'mean': list(a['mean']), 'std': list(a['std']),
                         'image_size': int(d['image_size']), 'source': str(m.weights_path)}
+    shipped = offline_weights(m.custom_architecture) if m.type == 'custom' else None
+    if m.type == 'custom' and (m.weights_path is None or Path(m.weights_path) == shipped):
+        if shipped is None: return None
+        p = torch.load(shipped, map_location='cpu', weights_only=True)['preprocessing']
+        return {'mean': list(p['mean']), 'std': list(p['std']), 'image_size': int(p['image_size']),
+                'source': f"imgcls's formula-pretrained {m.custom_architecture}"}
     if m.type == 'timm':
         pc = _timm().models.get_pretrained_cfg(m.architecture)
         if pc is None or not pc.mean: return None

@@ -110,3 +110,29 @@ def test_mnist5k_is_written_as_a_folder_of_grey_28px_pngs(tmp_path):
             assert (im.size, im.mode) == ((28, 28), 'L')
             assert np.array_equal(np.asarray(im), pixels[i].reshape(28, 28))
         assert p.parent.name == str(labels[i])
+
+
+def test_clutter_is_the_same_for_a_seed_and_another_for_the_held_out_seed(tmp_path):
+    """`benchmarks/datasets.py`'s clutter family (#32): 3 shapes, mixed sizes and formats; a seed
+    gives the same files every time (the tuning sample, 42) and another seed other pictures (the
+    held-out sample, 7), so what is tuned on one can be reported on the other."""
+    import hashlib
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    try: import datasets as ds
+    finally: sys.path.pop(0)
+
+    def digest(seed, name):
+        ds.make_clutter(tmp_path / name, n=19, seed=seed)
+        raw = tmp_path / name / 'raw'
+        return {p.relative_to(raw).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(raw.rglob('*')) if p.is_file()}
+
+    a, b, held_out = digest(42, 'a'), digest(42, 'b'), digest(7, 'c')
+    assert a == b and len(a) == 3 * 19
+    assert sorted({k.split('/')[0] for k in a}) == ['circle', 'square', 'triangle']
+    assert len(set(a.values()) & set(held_out.values())) == 0   # other pictures, none shared
+    sizes = set()
+    for p in (tmp_path / 'a' / 'raw').rglob('*'):
+        if p.is_file():
+            with Image.open(p) as im: sizes.add(im.size); im.load()
+    assert all(48 <= min(s) and max(s) <= 160 for s in sizes) and len(sizes) > 10, sizes
