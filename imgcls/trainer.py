@@ -142,15 +142,19 @@ class BaseTrainer:
         "Loss and accuracy curves of this run (`plot_history`)."
         return plot_history(self.history)
 
-# %% ../nbs/09_trainer.ipynb #1c38f4ae
+# %% ../nbs/09_trainer.ipynb #501992cf
 @patch
 def setup(self:BaseTrainer):
     "Check data and config, build everything, create (or reopen) the run folder."
     if self._ready: return self
     early = _Collect()  # what is logged before the run's log file exists goes into it too
     logger.addHandler(early)
+    level = logger.level   # a command sets up logging when the run folder opens: until then
+    if logger.getEffectiveLevel() > logging.INFO: logger.setLevel(logging.INFO)  # keep INFO
     try: self._setup(early)
-    finally: logger.removeHandler(early)
+    finally:
+        logger.removeHandler(early)
+        if not self._ready: logger.setLevel(level)
     return self
 
 @patch

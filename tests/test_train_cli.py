@@ -45,6 +45,23 @@ def test_a_run_writes_every_file_and_never_reuses_a_folder(tmp_path, tiny_split,
     assert lost_bytes.check() == 0
 
 
+def test_a_run_from_the_shipped_weights_says_so_in_its_log(tmp_path, tiny_split):
+    """`model.pretrained: true` for small_resnet with no weights_path: the weights imgcls ships
+    (#32). ml-train logs where they came from into the run's train.log, written before the run
+    folder existed (it was dropped on the command line, where the log opens with the folder)."""
+    from imgcls.models import offline_weights
+    cfg = tiny_config(tmp_path, training__num_epochs=1, training__limit_train_batches=2,
+                      model={'type': 'custom', 'custom_architecture': 'small_resnet',
+                             'pretrained': True})
+    res = run(['ml-train', '--config', cfg], tmp_path)
+    assert_ok(res)
+    log = (tmp_path / 'runs' / 'tiny_fold_0' / 'logs' / 'train.log').read_text()
+    assert f"loaded pretrained weights for small_resnet from {offline_weights('small_resnet')}" \
+        in log, log
+    res = run(['ml-train', '--config', tiny_config(tmp_path, model={
+        'type': 'custom', 'custom_architecture': 'tiny_net', 'pretrained': True})], tmp_path)
+    assert_clean_error(res, 'ships no pretrained weights for custom tiny_net')
+
 def test_fold_and_dotted_overrides(tmp_path, tiny_split):
     cfg = tiny_config(tmp_path, training__num_epochs=1)
     res = run(['ml-train', '--config', cfg, '--fold', '1', '--set', 'optimizer.momentum=0.8',
