@@ -155,12 +155,13 @@ def machine_info(download:bool=False, # allowed to download ImageNet weights whe
     return dict(cuda=cuda, cpus=os.cpu_count() or 1, bf16=bool(cpu_features()['bf16']),
                 pretrained=ft, offline=offline_weights('small_resnet'))
 
-# %% ../nbs/09e_autoconfig.ipynb #66625116
+# %% ../nbs/09e_autoconfig.ipynb #989434eb
 MIRROR_SAMPLE, MIRROR_KEEPS = 100, 0.75  # images a class looked at; the accuracy a mirror may keep
 
 def mirror_evidence(data_dir, # data/NAME (holding raw/)
                     per_class:int=MIRROR_SAMPLE, # images a class decoded (1,500 in all at most)
                     seed:int=0, # which images, and the folds
+                    max_seconds:float=15, # stop decoding after this long (large photographs)
                    ) -> dict|None:
     ("`{'acc', 'mirrored_acc', 'chance', 'informative', 'keeps_class', 'n'}`: a linear "
      "classifier on 16x16 pixels, scored on held-out images and on their mirror images; None "
@@ -175,10 +176,16 @@ def mirror_evidence(data_dir, # data/NAME (holding raw/)
     per_class = max(3, min(per_class, 1_500 // max(1, len(classes))))
     by_class = {c: [] for c in classes}
     for f in list_image_files(raw): by_class[f.relative_to(raw).parts[0]].append(f)
-    xs, ys = [], []
-    for i, c in enumerate(classes):
-        for f in rng.sample(by_class[c], min(per_class, len(by_class[c]))):
-            try: im = load_image(f, min_size=16).resize((16, 16), Image.BILINEAR)
+    picks = [rng.sample(by_class[c], min(per_class, len(by_class[c]))) for c in classes]
+    xs, ys, start = [], [], time.monotonic()
+    for k in range(per_class):   # a class at a time, so a slow folder still has every class
+        if k >= 3 and time.monotonic() - start > max_seconds: break   # 3 a class at least
+        for i, fs in enumerate(picks):
+            if k >= len(fs): continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+                    im = load_image(fs[k], min_size=16).resize((16, 16), Image.BILINEAR)
             except Exception: continue   # the split reports damaged files; evidence needs none
             xs.append(np.asarray(im, np.float32)); ys.append(i)
     x, y = np.stack(xs) if xs else None, np.array(ys)
