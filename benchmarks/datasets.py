@@ -322,28 +322,41 @@ def _wrapped_gradient(rng, h, w) -> np.ndarray:
     return c1 * (1 - t) + c2 * t
 
 
-def _clutter_image(rng, kind) -> tuple[np.ndarray, np.ndarray]:
-    "One solid shape, 30-60% of the short side, turned at random, on a wrapped gradient."
-    short = int(rng.integers(48, 129))
-    long_ = min(160, int(short * rng.uniform(1.0, 1.34)))
-    h, w = (short, long_) if rng.random() < 0.5 else (long_, short)
-    bg = _wrapped_gradient(rng, h, w)
-    r = rng.uniform(0.15, 0.30) * min(h, w)
+def _frame(rng, lo: int, hi: int, cap: int) -> tuple[int, int]:
+    "A picture's (height, width): the short side in lo..hi-1, the long one up to 4:3 and cap."
+    short = int(rng.integers(lo, hi))
+    long_ = min(cap, int(short * rng.uniform(1.0, 1.34)))
+    return (short, long_) if rng.random() < 0.5 else (long_, short)
+
+
+def _turned_shape(rng, kind, h, w, r, up) -> tuple[np.ndarray, float, float]:
+    "An anti-aliased HxW mask of one solid shape of radius `r` at a random place and angle."
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-    up = 4
     big = Image.new('L', (w * up, h * up), 0)
     d = ImageDraw.Draw(big)
     if kind == 'circle': d.ellipse([(cx - r) * up, (cy - r) * up, (cx + r) * up, (cy + r) * up],
                                    fill=255)
     else: d.polygon(_polygon(kind, cx * up, cy * up, r * up, rng.uniform(0, 2 * math.pi)), fill=255)
-    mask = np.asarray(big.resize((w, h), Image.LANCZOS), np.float32) / 255
+    return np.asarray(big.resize((w, h), Image.LANCZOS), np.float32) / 255, cx, cy
+
+
+def _paint(rng, bg, mask, col, noise) -> np.ndarray:
+    "`col` where `mask` is, `bg` elsewhere, pixel noise of strength `noise` over all: uint8."
+    img = bg * (1 - mask[..., None]) + col * mask[..., None]
+    img += rng.normal(0, noise, img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def _clutter_image(rng, kind) -> tuple[np.ndarray, np.ndarray]:
+    "One solid shape, 30-60% of the short side, turned at random, on a wrapped gradient."
+    h, w = _frame(rng, 48, 129, 160)
+    bg = _wrapped_gradient(rng, h, w)
+    mask, _, _ = _turned_shape(rng, kind, h, w, rng.uniform(0.15, 0.30) * min(h, w), up=4)
     mean = bg.reshape(-1, 3).mean(0)
     col = np.clip(255 - mean + rng.normal(0, 30, 3), 0, 255)  # roughly opposite
     if abs(_lum(col) - _lum(mean)) < 60:  # grey on grey: push it lighter or darker
         col = np.clip(col + (70 if _lum(mean) < 128 else -70), 0, 255)
-    img = bg * (1 - mask[..., None]) + col * mask[..., None]
-    img += rng.normal(0, rng.uniform(6, 18), img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8), mask
+    return _paint(rng, bg, mask, col, rng.uniform(6, 18)), mask
 
 
 def make_clutter(dest, n: int = 60, seed: int = 42):
@@ -358,26 +371,15 @@ SMALL = ('circle', 'square', 'triangle', 'cross')
 
 def _small_object_image(rng, kind) -> tuple[np.ndarray, np.ndarray]:
     "A 256-512 px picture: one small solid shape (12-24% of the short side) on a wrapped gradient."
-    short = int(rng.integers(256, 385))
-    long_ = min(512, int(short * rng.uniform(1.0, 1.34)))
-    h, w = (short, long_) if rng.random() < 0.5 else (long_, short)
+    h, w = _frame(rng, 256, 385, 512)
     bg = _wrapped_gradient(rng, h, w)
     r = rng.uniform(0.06, 0.12) * min(h, w)
-    cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-    up = 2
-    big = Image.new('L', (w * up, h * up), 0)
-    d = ImageDraw.Draw(big)
-    if kind == 'circle': d.ellipse([(cx - r) * up, (cy - r) * up, (cx + r) * up, (cy + r) * up],
-                                   fill=255)
-    else: d.polygon(_polygon(kind, cx * up, cy * up, r * up, rng.uniform(0, 2 * math.pi)), fill=255)
-    mask = np.asarray(big.resize((w, h), Image.LANCZOS), np.float32) / 255
+    mask, cx, cy = _turned_shape(rng, kind, h, w, r, up=2)
     y0, y1 = int(max(0, cy - r)), int(min(h, cy + r + 1))
     x0, x1 = int(max(0, cx - r)), int(min(w, cx + r + 1))
     local = bg[y0:y1, x0:x1].reshape(-1, 3).mean(0)   # in contrast with what is around it
     col = _colour_where(rng, lambda v: abs(v - _lum(local)) > 70)
-    img = bg * (1 - mask[..., None]) + col * mask[..., None]
-    img += rng.normal(0, rng.uniform(4, 12), img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8), mask
+    return _paint(rng, bg, mask, col, rng.uniform(4, 12)), mask
 
 
 def make_small_objects(dest, n: int = 32, seed: int = 42):
