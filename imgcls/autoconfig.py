@@ -228,8 +228,8 @@ def _steps(n_train:int, batch_size:int, repeats:int=1) -> int:
     "Optimizer steps an epoch of `n_train` images at `batch_size`, `repeats` passes an epoch."
     return max(1, math.ceil(n_train * repeats / batch_size))
 
-# %% ../nbs/09e_autoconfig.ipynb #b7ad170d
-def _offline_start(r:dict, machine:dict) -> dict:
+# %% ../nbs/09e_autoconfig.ipynb #22470618
+def _offline_start(r:dict) -> dict:
     "`small_resnet` from the weights imgcls ships into `r` (no ImageNet weights at hand)."
     r['model.type'] = ('custom', "no ImageNet weights on this machine: imgcls's own network, "
                        'pretrained on pictures drawn from formulas')
@@ -239,8 +239,7 @@ def _offline_start(r:dict, machine:dict) -> dict:
     r['model.pretrained'] = (True, 'start from those weights (weights_path null: the file imgcls '
                              'ships); on 180 cluttered pictures of 3 shapes, 0.92 test accuracy '
                              'against 0.25 from scratch; false: train from scratch')
-    return {'type': 'custom', 'architecture': 'small_resnet', 'path': str(machine['offline']),
-            'offline': True}
+    return {'offline': True}
 
 def _model(r:dict, info:dict, machine:dict) -> tuple[dict|None, int]:
     "The network and input size into `r`: fine-tuning found weights, or one trained from scratch."
@@ -269,7 +268,7 @@ def _model(r:dict, info:dict, machine:dict) -> tuple[dict|None, int]:
             r['model.weights_path'] = (ft['path'], 'found in the local cache')
     elif machine.get('offline') and short >= FINE_TUNE_MIN_SIDE \
             and train_images(info) <= OFFLINE_MAX_TRAIN:
-        ft, size = _offline_start(r, machine), 64
+        ft, size = _offline_start(r), 64
     elif gpu and short >= 128:
         size = 224
         r['model.type'] = ('base', 'images of 128 px and more on a GPU: a torchvision ResNet-18 '
@@ -325,7 +324,7 @@ def _augmentation(r:dict, short:int, size:int, mirror:dict|None=None):
                                        'upside down; set 0.5 for textures, microscopy, aerial '
                                        'or other images that have no up')
 
-# %% ../nbs/09e_autoconfig.ipynb #68c51b3a
+# %% ../nbs/09e_autoconfig.ipynb #842ab5aa
 def _schedule(r:dict, n_train:int, size:int, fine_tune:bool):
     "Batch size, epochs and repeats into `r`: enough steps and images seen for `n_train` images."
     bs = min(128 if size <= 64 else 64, max(8, _pow2_floor(n_train / 10)))
@@ -382,8 +381,9 @@ def recipe(info:dict, # from `inspect_dataset`
     r = {}
     ft, size = _model(r, info, machine)
     _augmentation(r, min(info['median_size']), size, info.get('mirror'))
-    imagenet = bool(ft) and not ft.get('offline')   # the shipped weights train as from scratch
-    if ft and ft.get('offline'):
+    offline = bool(ft and ft.get('offline'))
+    imagenet = bool(ft) and not offline   # the shipped weights train as from scratch
+    if offline:
         r['augmentation.policy'] = ('trivial', 'TrivialAugment: one random change of colour, '
                                     'contrast or geometry an image; with the shipped weights it '
                                     'took 180 cluttered shapes from 0.78 to 0.92 test accuracy')
