@@ -167,7 +167,8 @@ def run_loop(data_dir: Path, side: int, epochs: int, min_images: int, flips: str
     steps = len(xtr) // bs
     epochs = min(300, max(epochs, -(-min_images // (steps * bs))))  # small sets: more epochs
     opt = torch.optim.AdamW(model.parameters(), lr=LOOP_LR, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LOOP_LR, total_steps=epochs * steps,
+    # at least 8 steps planned: a --quick run of 4 steps would give the warm-up no step at all
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LOOP_LR, total_steps=max(8, epochs * steps),
                                                 pct_start=0.25)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 

@@ -20,8 +20,8 @@ from .splits import SPLITS, check_splits, read_index
 
 # %% auto #0
 __all__ = ['POLICIES', 'base_transform', 'train_transform', 'eval_transform', 'collate', 'BatchAugment', 'IndexedImageDataset',
-           'get_datasets', 'eval_view', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'get_dataloaders',
-           'denormalize', 'show_batch']
+           'get_datasets', 'eval_view', 'EpochSampler', 'BalancedSampler', 'resolve_workers', 'loader_kwargs',
+           'make_dataloaders', 'get_dataloaders', 'denormalize', 'show_batch']
 
 # %% ../nbs/05_data.ipynb #5011a7f1
 def base_transform(img, # a PIL image, already RGB
@@ -259,12 +259,7 @@ class BalancedSampler(EpochSampler):
         return torch.multinomial(self.weights, self.n * self.repeats, replacement=True,
                                  generator=g)
 
-# %% ../nbs/05_data.ipynb #f38ef9c8
-def _pin(cfg):
-    pm = cfg.data.pin_memory
-    return (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
-            if pm == 'auto' else bool(pm))
-
+# %% ../nbs/05_data.ipynb #19d52ad8
 def resolve_workers(cfg:Config, datasets:dict) -> int:
     "`data.num_workers` resolved: `auto` is 0 on a CPU with cached images, else one a core (<= 8)."
     nw = cfg.data.num_workers
@@ -273,29 +268,47 @@ def resolve_workers(cfg:Config, datasets:dict) -> int:
     on_cpu = not str(cfg.training.device).startswith('cuda') or not torch.cuda.is_available()
     return 0 if cached and on_cpu else min(8, os.cpu_count() or 1)
 
-def get_dataloaders(cfg:Config, # the resolved configuration
-                    datasets:dict|None=None, # from `get_datasets` (built if None)
-                    batch_size:int|None=None, # default: training.batch_size
-                   ) -> dict:
-    ("DataLoaders for the datasets; "
-     "train shuffles (seeded by epoch) and drops a last batch of one image.")
-    datasets = datasets if datasets is not None else get_datasets(cfg)
-    bs, nw = batch_size or cfg.training.batch_size, resolve_workers(cfg, datasets)
-    kw = dict(num_workers=nw, pin_memory=_pin(cfg), persistent_workers=nw > 0,
-              collate_fn=collate)
+def loader_kwargs(cfg:Config, datasets:dict) -> dict:
+    "`make_dataloaders`' settings from `cfg`, `auto` resolved for `datasets` on this machine."
+    pm = cfg.data.pin_memory
+    pin = (torch.cuda.is_available() and str(cfg.training.device).startswith('cuda')
+           if pm == 'auto' else bool(pm))
+    return dict(batch_size=cfg.training.batch_size, num_workers=resolve_workers(cfg, datasets),
+                pin_memory=pin, seed=cfg.seed, sampler=cfg.data.sampler,
+                epoch_repeats=cfg.training.epoch_repeats)
+
+def make_dataloaders(datasets:dict, # split name -> dataset (`get_datasets`)
+                     batch_size:int=32, num_workers:int=0, pin_memory:bool=False,
+                     seed:int=42, # the train sampler's and its workers' seed
+                     sampler:str='random', # train: random (a shuffle an epoch) or balanced
+                     epoch_repeats:int=1, # train: passes over the images an epoch
+                    ) -> dict:
+    ("DataLoaders for the datasets; `train` shuffles (seeded by epoch) and drops a last batch "
+     "of one image, the others keep their order.")
+    kw = dict(num_workers=num_workers, pin_memory=pin_memory,
+              persistent_workers=num_workers > 0, collate_fn=collate)
     out = {}
     for s, ds in datasets.items():
         if s == 'train':
             # own generator: worker seeds come from it (re-seeded each epoch by the trainer), and
             # making an iterator never draws from the global RNG, which a resumed run restores
-            reps = cfg.training.epoch_repeats
-            sampler = (BalancedSampler(ds.targets, cfg.seed, reps)
-                       if cfg.data.sampler == 'balanced' else EpochSampler(len(ds), cfg.seed, reps))
-            out[s] = DataLoader(ds, bs, sampler=sampler,
-                                drop_last=len(sampler) % bs == 1,
-                                generator=torch.Generator().manual_seed(cfg.seed), **kw)
-        else: out[s] = DataLoader(ds, bs, shuffle=False, **kw)
+            smp = (BalancedSampler(ds.targets, seed, epoch_repeats) if sampler == 'balanced'
+                   else EpochSampler(len(ds), seed, epoch_repeats))
+            out[s] = DataLoader(ds, batch_size, sampler=smp,
+                                drop_last=len(smp) % batch_size == 1,
+                                generator=torch.Generator().manual_seed(seed), **kw)
+        else: out[s] = DataLoader(ds, batch_size, shuffle=False, **kw)
     return out
+
+def get_dataloaders(cfg:Config, # the resolved configuration
+                    datasets:dict|None=None, # from `get_datasets` (built if None)
+                    batch_size:int|None=None, # default: training.batch_size
+                   ) -> dict:
+    "The loaders `cfg` describes: `make_dataloaders` with `loader_kwargs(cfg)`."
+    datasets = datasets if datasets is not None else get_datasets(cfg)
+    kw = loader_kwargs(cfg, datasets)
+    if batch_size: kw['batch_size'] = batch_size
+    return make_dataloaders(datasets, **kw)
 
 # %% ../nbs/05_data.ipynb #2a703859
 def denormalize(x:torch.Tensor, mean, std) -> torch.Tensor:

@@ -17,11 +17,11 @@ from .models import head_names
 
 # %% auto #0
 __all__ = ['MONITOR_MODE', 'MONITOR_KEY', 'RESUME_REFUSED', 'TASKS', 'EVENTS', 'TrainingError', 'TrainingInterrupted',
-           'get_device', 'cpu_supports_bf16', 'autocast_dtype', 'build_criterion', 'layer_depths', 'build_optimizer',
-           'LRSchedule', 'lr_schedule', 'build_scheduler', 'replan_schedule', 'EarlyStopping', 'not_learning',
-           'resume_changes', 'SingleLabel', 'get_task', 'CancelBatch', 'Callback', 'callback_events', 'load_callbacks',
-           'make_mixer', 'ModelEMA', 'last_linear', 'capture_input', 'probe_head', 'body_features', 'FeatureDataset',
-           'probe_loaders']
+           'get_device', 'cpu_supports_bf16', 'autocast_dtype', 'criterion_kwargs', 'build_criterion', 'layer_depths',
+           'optimizer_kwargs', 'build_optimizer', 'LRSchedule', 'scheduler_kwargs', 'lr_schedule', 'build_scheduler',
+           'replan_schedule', 'EarlyStopping', 'not_learning', 'resume_changes', 'SingleLabel', 'get_task',
+           'CancelBatch', 'Callback', 'callback_events', 'load_callbacks', 'make_mixer', 'ModelEMA', 'last_linear',
+           'capture_input', 'probe_head', 'body_features', 'FeatureDataset', 'probe_loaders']
 
 # %% ../nbs/08a_training.ipynb #a9be47c8
 class TrainingError(ImgclsError):
@@ -65,13 +65,18 @@ def autocast_dtype(amp_dtype:str, # training.amp_dtype: float16 or bfloat16 (CUD
      "Whether a trainer autocasts at all is its own to say (`BaseTrainer.autocasts`).")
     return getattr(torch, amp_dtype) if device.type == 'cuda' else torch.bfloat16
 
-# %% ../nbs/08a_training.ipynb #df85efc0
-def build_criterion(cfg:Config, targets:list[int], num_classes:int,
-                    device='cpu') -> nn.CrossEntropyLoss:
-    ("Cross-entropy as `cfg.loss` says, with class weights computed from the training `targets` "
-     "when asked.")
-    cw = cfg.loss.class_weights
-    weight = None
+# %% ../nbs/08a_training.ipynb #fdc82509
+def criterion_kwargs(cfg:Config) -> dict:
+    "`build_criterion`'s settings from `cfg.loss`."
+    return dict(class_weights=cfg.loss.class_weights, label_smoothing=cfg.loss.label_smoothing)
+
+def build_criterion(targets:list[int], # the training images' classes
+                    num_classes:int,
+                    class_weights:str|list|None=None, # balanced, one weight a class, or None
+                    label_smoothing:float=0.0, device='cpu') -> nn.CrossEntropyLoss:
+    ("Cross-entropy with label smoothing, and class weights given or computed from the "
+     "training `targets` (`balanced`).")
+    cw, weight = class_weights, None
     if cw == 'balanced':
         counts = torch.bincount(torch.as_tensor(targets),
                                 minlength=num_classes).float().clamp(min=1)
@@ -81,7 +86,7 @@ def build_criterion(cfg:Config, targets:list[int], num_classes:int,
             raise ConfigError(f'loss.class_weights has {len(cw)} weights for {num_classes} classes')
         weight = torch.tensor(cw, dtype=torch.float32)
     return nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
-                               label_smoothing=cfg.loss.label_smoothing)
+                               label_smoothing=label_smoothing)
 
 def _blocks(mod:nn.Module, prefix:str, names:list[str], sizes:dict) -> list[tuple[list, bool]]:
     ("`names` (under `mod`) in blocks, in order: `[(names, is_leaf)]`; a child that holds most "
@@ -119,39 +124,49 @@ def layer_depths(model:nn.Module, head:list[str]) -> dict[str, int]:
         depth.update(dict.fromkeys(names, d))
     return depth
 
-def build_optimizer(cfg:Config, model:nn.Module,
+def optimizer_kwargs(cfg:Config) -> dict:
+    "`build_optimizer`'s settings from `cfg.optimizer` (timm's `optimizer_kwargs`)."
+    o = cfg.optimizer
+    return dict(opt=o.type, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                nesterov=o.nesterov, betas=tuple(o.betas), backbone_lr_mult=o.backbone_lr_mult,
+                layer_decay=o.get('layer_decay'))
+
+def build_optimizer(model:nn.Module,
+                    opt:str='sgd', # sgd, adam or adamw
+                    lr:float=1e-3, weight_decay:float=1e-4, momentum:float=0.9,
+                    nesterov:bool=False, betas=(0.9, 0.999),
+                    backbone_lr_mult:float=1.0, # the body's rate as a fraction of the head's
+                    layer_decay:float|None=None, # each body block's rate this x the next one's
                     num_classes:int|None=None, # given: the body's groups get backbone_lr_mult
                    ) -> torch.optim.Optimizer:
-    ("SGD, Adam or AdamW from `cfg.optimizer`; biases and normalisation weights get no weight "
-     "decay; with `num_classes`, the body (all but the classifier) learns at "
-     "`optimizer.backbone_lr_mult` times the head's rate, and with `optimizer.layer_decay` the "
-     "body's top block at `layer_decay` times that, each block below at `layer_decay` times the "
-     "rate of the block above it (`layer_depths`).")
-    o = cfg.optimizer
+    ("SGD, Adam or AdamW; biases and normalisation weights get no weight decay; with "
+     "`num_classes`, the body (all but the classifier) learns at `backbone_lr_mult` times the "
+     "head's rate, and with `layer_decay` the body's top block at `layer_decay` times that, each "
+     "block below at `layer_decay` times the rate of the block above it (`layer_depths`).")
     head = head_names(model, num_classes) if num_classes else []
-    ld = o.get('layer_decay') if num_classes else None
+    ld = layer_decay if num_classes else None
     depth = layer_depths(model, head) if ld else {}
     top = max(depth.values(), default=-1) + 1   # the head's depth
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = []
-    for part, mult in (('body', o.backbone_lr_mult), ('head', 1.0)):
+    for part, mult in (('body', backbone_lr_mult), ('head', 1.0)):
         mine = [(n, p) for n, p in named if (n in head) == (part == 'head')]
         for d in sorted({depth.get(n, top) for n, _ in mine}):
             scale = ld ** (top - d) if ld else 1.0
             for decay in (True, False):
                 ps = [p for n, p in mine if (p.ndim > 1) == decay and depth.get(n, top) == d]
                 if ps: groups.append({'params': ps, 'decay': decay, 'part': part,
-                                      'weight_decay': o.weight_decay if decay else 0.0,
-                                      'lr': o.lr * mult * scale, 'lr_mult': mult * scale,
+                                      'weight_decay': weight_decay if decay else 0.0,
+                                      'lr': lr * mult * scale, 'lr_mult': mult * scale,
                                       'layer_scale': scale})
-    if o.type == 'sgd':
-        if o.nesterov and o.momentum <= 0:
+    if opt == 'sgd':
+        if nesterov and momentum <= 0:
             raise ConfigError('optimizer.nesterov needs optimizer.momentum > 0')
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-    cls = torch.optim.Adam if o.type == 'adam' else torch.optim.AdamW
-    return cls(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    cls = torch.optim.Adam if opt == 'adam' else torch.optim.AdamW
+    return cls(groups, lr=lr, betas=tuple(betas))
 
-# %% ../nbs/08a_training.ipynb #67c394d8
+# %% ../nbs/08a_training.ipynb #b8722400
 class LRSchedule:
     ("Multiplier of the base learning rate at each optimizer step (a picklable callable for "
      "`LambdaLR`).")
@@ -194,34 +209,45 @@ class LRSchedule:
             return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (frac - 0.3) / 0.7))
         return 1.0
 
-def lr_schedule(cfg:Config, steps_per_epoch:int,
-                num_epochs:int|None=None, # the run's planned epochs (None: training.num_epochs)
-               ) -> LRSchedule:
-    "The per-step multiplier `cfg.scheduler` plans for `num_epochs` epochs."
+def scheduler_kwargs(cfg:Config) -> dict:
+    "`build_scheduler`'s settings from `cfg.scheduler` (and the rate and monitor they refer to)."
     s = cfg.scheduler
-    return LRSchedule(s.type, steps_per_epoch * (num_epochs or cfg.training.num_epochs),
-                      s.warmup_epochs * steps_per_epoch, steps_per_epoch, s.step_size, s.gamma,
-                      s.min_lr / cfg.optimizer.lr)
+    return dict(sched=s.type, warmup_epochs=s.warmup_epochs, step_size=s.step_size,
+                gamma=s.gamma, min_lr=s.min_lr, base_lr=cfg.optimizer.lr, factor=s.factor,
+                patience=s.patience, mode='min' if cfg.training.monitor == 'val_loss' else 'max')
 
-def build_scheduler(cfg:Config, optimizer, steps_per_epoch:int):
-    ("The scheduler `cfg.scheduler` names and whether it steps each optimizer 'step' or "
-     "each 'epoch'.")
-    s = cfg.scheduler
-    if s.type == 'plateau':
-        mode = 'min' if cfg.training.monitor == 'val_loss' else 'max'
+def lr_schedule(steps_per_epoch:int, num_epochs:int, # the run's plan
+                sched:str='cosine', # none, step, cosine or onecycle
+                warmup_epochs:int=0, step_size:int=10, gamma:float=0.1,
+                min_lr:float=0.0, base_lr:float=1e-3, # cosine ends at min_lr / base_lr
+                **plateau, # factor, patience, mode: for `plateau` only, not used here
+               ) -> LRSchedule:
+    "The per-step multiplier of the base rate that `sched` plans for `num_epochs` epochs."
+    return LRSchedule(sched, steps_per_epoch * num_epochs, warmup_epochs * steps_per_epoch,
+                      steps_per_epoch, step_size, gamma, min_lr / base_lr)
+
+def build_scheduler(optimizer, steps_per_epoch:int, num_epochs:int,
+                    sched:str='cosine', # none, step, cosine, onecycle or plateau
+                    factor:float=0.1, patience:int=5, # plateau: decay factor, epochs to wait
+                    mode:str='max', # plateau: whether the monitored metric should rise or fall
+                    min_lr:float=0.0, **kw, # `lr_schedule`'s
+                   ):
+    "The scheduler `sched` names and whether it steps each optimizer 'step' or each 'epoch'."
+    if sched == 'plateau':
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr), 'epoch'
-    f = lr_schedule(cfg, steps_per_epoch)
+            optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr), 'epoch'
+    f = lr_schedule(steps_per_epoch, num_epochs, sched, min_lr=min_lr, **kw)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [f] * len(optimizer.param_groups)), 'step'
 
 
-def replan_schedule(scheduler, optimizer, cfg:Config, steps_per_epoch:int,
-                    num_epochs:int|None=None, # the new plan (None: training.num_epochs)
+def replan_schedule(scheduler, optimizer, steps_per_epoch:int,
+                    num_epochs:int, # the new plan
+                    **kw, # `lr_schedule`'s settings (`scheduler_kwargs`)
                    ):
     ("Re-plan a per-step schedule for `num_epochs` epochs (changed by a resume or a time budget), "
      "continuing from the current learning rate without a jump.")
     if not hasattr(scheduler, 'lr_lambdas'): return  # plateau: nothing planned ahead
-    fresh, step = lr_schedule(cfg, steps_per_epoch, num_epochs), scheduler.last_epoch
+    fresh, step = lr_schedule(steps_per_epoch, num_epochs, **kw), scheduler.last_epoch
     for f in {id(f): f for f in scheduler.lr_lambdas}.values():
         if isinstance(f, LRSchedule) and f.plan() != fresh.plan(): f.replan(fresh, step)
     for g, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
@@ -313,14 +339,18 @@ def resume_changes(old:dict, # the config in the checkpoint being resumed
                           '--force_resume to try anyway')
     return what(changed)
 
-# %% ../nbs/08a_training.ipynb #113a9676
+# %% ../nbs/08a_training.ipynb #bcb7a629
 class SingleLabel:
     "One class an image: softmax cross-entropy, argmax predictions, `compute_metrics`."
     name = 'single_label'
 
-    def criterion(self, cfg:Config, targets:list[int], num_classes:int, device='cpu') -> nn.Module:
+    def criterion_kwargs(self, cfg:Config) -> dict:
+        "The loss's settings from the config (read once, when the trainer is set up)."
+        return criterion_kwargs(cfg)
+
+    def criterion(self, targets:list[int], num_classes:int, device='cpu', **kw) -> nn.Module:
         "The training loss (`build_criterion`: class weights, label smoothing)."
-        return build_criterion(cfg, targets, num_classes, device)
+        return build_criterion(targets, num_classes, device=device, **kw)
 
     def n_correct(self, out:torch.Tensor, y:torch.Tensor) -> torch.Tensor:
         "How many of a batch's predictions are right (its labels `y`, not a mixed target)."
@@ -387,15 +417,16 @@ def load_callbacks(specs:list, # training.callbacks: 'module:Class' or {'module:
                               f'{first_line(e)}') from None
     return out
 
-# %% ../nbs/08a_training.ipynb #b0238deb
-def make_mixer(cfg:Config, num_classes:int):
-    ("torchvision's MixUp and/or CutMix as `cfg.augmentation` asks (one of them chosen per batch "
-     "when both are on), or None.")
-    a = cfg.augmentation
-    if not (a.mixup or a.cutmix): return None
+# %% ../nbs/08a_training.ipynb #3c86ecba
+def make_mixer(num_classes:int,
+               mixup:float=0.0, cutmix:float=0.0, # the alphas of their Beta distributions; 0: off
+              ):
+    ("torchvision's MixUp and/or CutMix (`augmentation.mixup`, `augmentation.cutmix`; one of "
+     "them chosen per batch when both are on), or None.")
+    if not (mixup or cutmix): return None
     from torchvision.transforms import v2
-    mixers = ([v2.MixUp(alpha=float(a.mixup), num_classes=num_classes)] if a.mixup else []) + (
-        [v2.CutMix(alpha=float(a.cutmix), num_classes=num_classes)] if a.cutmix else [])
+    mixers = ([v2.MixUp(alpha=float(mixup), num_classes=num_classes)] if mixup else []) + (
+        [v2.CutMix(alpha=float(cutmix), num_classes=num_classes)] if cutmix else [])
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 class ModelEMA:
