@@ -4,7 +4,7 @@ __version__ = "0.0.1"
 # `imgcls.NAME` import the modules on first use and give their public API (each module's __all__).
 _MODULES = ['core', 'config', 'images', 'curation', 'labels', 'splits', 'data', 'checkpoint',
             'models', 'evaluation', 'training', 'run_files', 'trainer', 'distributed', 'privacy', 'crossval', 'runs',
-            'autoconfig', 'lr_finder', 'inference', 'onnx_runtime', 'export', 'export_checks',
+            'autoconfig', 'lr_finder', 'inference', 'onnx_runtime', 'export', 'export_checks', 'serve',
             'search_spaces', 'search', 'visualise', 'analysis']
 
 

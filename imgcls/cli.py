@@ -14,7 +14,7 @@ from fastcore.meta import delegates
 # %% auto #0
 __all__ = ['VISUALISE_MODES', 'sample_data_command', 'ml_sample_data', 'split_command', 'ml_split', 'init_config_command',
            'ml_init_config', 'prepare_data', 'train_command', 'ml_train', 'ml_lr_finder', 'ml_inference', 'ml_analyze',
-           'export_command', 'ml_export', 'visualise_command', 'ml_visualise', 'ml_search']
+           'export_command', 'ml_export', 'visualise_command', 'ml_visualise', 'ml_search', 'serve_command', 'ml_serve']
 
 # %% ../nbs/90_cli.ipynb #305c536b
 def sample_data_command(
@@ -454,3 +454,24 @@ def search_command(
 
 # %% ../nbs/90_cli.ipynb #60a5e124
 def ml_search(argv=None): return run_cli(search_command, 'ml-search', argv)
+
+# %% ../nbs/90_cli.ipynb #df5897cf
+def serve_command(
+    model:str, # an .onnx file (ml-export's), a run folder, a checkpoint or a CV folder
+    host:str='127.0.0.1', # the address to listen on (0.0.0.0: other machines too)
+    port:int=8000, # the port (0: any free one; the URL is printed)
+    max_batch:int=32, # images run through the model at once, at most
+    max_wait_ms:float=5.0, # how long a batch waits for more images after its first
+    max_upload_mb:float=20.0, # larger requests are refused (413) before they are read
+    max_pixels:int=50_000_000, # larger images are refused (413) before they are decoded
+    threads:int=None, # ONNX Runtime's threads (none: its choice, one a core)
+):
+    ("Serve MODEL over HTTP on ONNX Runtime until Ctrl-C or SIGTERM: POST images to /predict "
+     "(multipart parts named file, or one image as the body), or open the page at /.")
+    from imgcls.serve import run_server
+    setup_logging()
+    return run_server(model, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                 max_upload_mb=max_upload_mb, max_pixels=max_pixels, threads=threads)
+
+# %% ../nbs/90_cli.ipynb #d70ed60e
+def ml_serve(argv=None): return run_cli(serve_command, 'ml-serve', argv, pos=('model',))

@@ -345,7 +345,7 @@ def describe_cpu(f:dict|None=None, # `cpu_features()` (None: this CPU's)
     parts = [k.upper() for k in ('avx2', 'avx512') if f.get(k)] + [f"VNNI: {yn(f.get('vnni'))}"]
     return f"{f['arch']} ({', '.join(parts)}, native bf16: {yn(f.get('bf16'))})"
 
-# %% ../nbs/00_core.ipynb #bb55dd9b
+# %% ../nbs/00_core.ipynb #610d80db
 def _names(k:str) -> list[str]:
     "Both spellings of flag `k`."
     return list(dict.fromkeys([f'--{k}', f"--{k.replace('_', '-')}"]))
@@ -354,10 +354,11 @@ def _names(k:str) -> list[str]:
 # bounds excluded). Flags that set a config key, or that a function checks with a message of its
 # own (`--top_k`, `--min_confidence`, export's options), are left to those checks.
 CLI_RANGES = {
-    'top': (1, None), 'max_images': (1, None), 'n': (1, None), 'port': (1, 65535),
+    'top': (1, None), 'max_images': (1, None), 'n': (1, None), 'port': (0, 65535),
     'size': (8, 4096), 'max_retry': (0, None), 'heartbeat_interval': (0, None),
     'grace_period': (1, None), 'timeout': (0, None, True), 'max_batch': (1, None),
-    'max_wait_ms': (0, None), 'max_upload_mb': (0, None, True)}
+    'max_wait_ms': (0, None), 'max_upload_mb': (0, None, True),
+    'max_pixels': (1, None), 'threads': (1, None)}
 
 def _ranged(name:str, typ):
     "An argparse `type` reading `typ` and refusing values outside `CLI_RANGES[name]`."

@@ -79,7 +79,7 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_onnx_runtime.ipynb #7729476d
+# %% ../nbs/12_onnx_runtime.ipynb #e4789a9e
 def decode(img, # an image path or a PIL image
           ) -> np.ndarray:
     ("`img` as a uint8 (height, width, 3) array at its own size: upright (EXIF) RGB by imgcls's "
@@ -152,6 +152,10 @@ class OnnxPredictor:
             for js in groups.values():
                 out[[s + j for j in js]] = self.run(np.stack([xs[j] for j in js]))
         return out
+
+    def probabilities(self, x:np.ndarray) -> np.ndarray:
+        "Class probabilities of a batch of model inputs (`run`'s), calibrated by the temperature."
+        return softmax(self.run(x) / float(self.meta.get('temperature', 1.0)))
 
     def predict_proba(self, images, batch_size:int=32) -> np.ndarray:
         "Class probabilities (N, classes) for `images`, calibrated by the file's temperature."

@@ -142,7 +142,7 @@ def test_nothing_is_written_inside_a_datasets_raw_folder(my_project, lost_bytes)
      '--batch_size must be >= 1, got 0', False),
     (['ml-inference', '--checkpoint_path', BEST, '--images', 'data/my_dataset/raw/1',
       '--batch_size', '-1'], '--batch_size must be >= 1, got -1', False),
-    (['ml-visualise', '--mode', 'launch', '--port', '99999'], 'must be 1-65535, got 99999', True),
+    (['ml-visualise', '--mode', 'launch', '--port', '99999'], 'must be 0-65535, got 99999', True),
 ], ids=['analyze-max-images-negative', 'analyze-max-images-zero', 'analyze-top-negative',
         'inference-batch-zero', 'predict-batch-negative', 'visualise-port'])
 def test_numbers_out_of_range_are_one_line(my_project, args, needle, usage):

@@ -48,9 +48,9 @@ def help_run(script, cwd) -> tuple[str, list[str], object]:
     return printed, json.loads(loaded), res
 
 
-def test_ten_commands_and_the_install_matches_pyproject():
+def test_eleven_commands_and_the_install_matches_pyproject():
     "A stale install (pyproject.toml changed since `pip install -e .`) would test old commands."
-    assert len(SCRIPTS) == 10 and all(k.startswith('ml-') for k in SCRIPTS), SCRIPTS
+    assert len(SCRIPTS) == 11 and all(k.startswith('ml-') for k in SCRIPTS), SCRIPTS
     installed = {ep.name: ep.value for ep in entry_points(group='console_scripts')
                  if ep.name in SCRIPTS}
     assert installed == SCRIPTS, 'installed console scripts differ: run `pip install -e .`'
