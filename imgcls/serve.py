@@ -119,14 +119,15 @@ def check_pixels(data:bytes, name:str, max_pixels:int) -> None:
         raise UploadError(413, f'{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels; this server '
                                f'takes at most {max_pixels / 1e6:g} (--max_pixels)')
 
-# %% ../nbs/12c_serve.ipynb #a9c9091e
+# %% ../nbs/12c_serve.ipynb #ad427d93
 class Batcher:
     "Run queued images through `predictor` in batches of up to `max_batch`, in one thread."
     def __init__(self, predictor:OnnxPredictor, max_batch:int=32, max_wait_ms:float=5.0,
                  on_batch=None, # called with (images, seconds) after each batch
+                 coming=None, # () -> images on their way (being decoded): worth waiting for
                 ):
         self.predictor, self.max_batch, self.max_wait = predictor, max_batch, max_wait_ms / 1000
-        self.on_batch, self.q = on_batch, queue.Queue()
+        self.on_batch, self.coming, self.q = on_batch, coming or (lambda: 0), queue.Queue()
         self.thread = threading.Thread(target=self._loop, name='imgcls-batcher', daemon=True)
         self.thread.start()
 
@@ -142,6 +143,7 @@ class Batcher:
         if first is None: return None
         items, deadline = [first], time.perf_counter() + self.max_wait
         while len(items) < self.max_batch:
+            if self.q.empty() and not self.coming(): break   # nothing to wait for: run now
             try: it = self.q.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty: break
             if it is None: self.q.put(None); break   # stop after this batch
@@ -191,7 +193,7 @@ def _providers() -> list[str]:
     return (['CUDAExecutionProvider'] if 'CUDAExecutionProvider' in have else []) + [
         'CPUExecutionProvider']
 
-# %% ../nbs/12c_serve.ipynb #ad34def7
+# %% ../nbs/12c_serve.ipynb #4926bc87
 class Server:
     "A model behind HTTP: `Server(src).app` is the ASGI application `ml-serve` runs on uvicorn."
     def __init__(self, src, # an .onnx file, a run folder, a checkpoint or a cross-validation folder
@@ -215,7 +217,9 @@ class Server:
         self.max_upload, self.max_pixels = int(max_upload_mb * 1e6), int(max_pixels)
         self.started = time.time()
         self._metrics()
-        self.batcher = Batcher(self.predictor, max_batch, max_wait_ms, self._batch_done)
+        self.decoding = 0   # images of requests being decoded now, on their way to the batcher
+        self.batcher = Batcher(self.predictor, max_batch, max_wait_ms, self._batch_done,
+                               lambda: self.decoding)
         self.pool = ThreadPoolExecutor(decode_workers or min(8, os.cpu_count() or 1),
                                        thread_name_prefix='imgcls-decode')
         self.app = self._app()
@@ -239,6 +243,8 @@ class Server:
         self.m_batch = Histogram('imgcls_batch_images', 'images a model call',
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.m_model = Histogram('imgcls_model_seconds', 'time of a model call', registry=r)
+        self.m_decode = Histogram('imgcls_decode_seconds', 'time to decode and preprocess an image',
+                                  registry=r)
 
     def _batch_done(self, n:int, seconds:float):
         self.m_batch.observe(n); self.m_model.observe(seconds)
@@ -255,17 +261,22 @@ class Server:
                 'uptime_s': round(time.time() - self.started, 1)}
 
     def _prepare(self, name:str, data:bytes) -> np.ndarray:
+        t = time.perf_counter()
         check_pixels(data, name, self.max_pixels)
-        try: return self.predictor.preprocess(io.BytesIO(data))
+        try: x = self.predictor.preprocess(io.BytesIO(data))
         except Exception as e:   # a header that opened, then a body that does not decode
             raise UploadError(400, f'{name}: cannot be decoded ({first_line(e)})') from None
+        self.m_decode.observe(time.perf_counter() - t)
+        return x
 
     async def classify(self, files:list[tuple[str, bytes]], # (file name, bytes) of each image
                        top_k:int=5, min_confidence:float=0.0) -> list[dict]:
         "The answer for each file, in order: label, probability, top-k (decoded off the loop)."
         loop = asyncio.get_running_loop()
-        xs = await asyncio.gather(*[loop.run_in_executor(self.pool, self._prepare, n, d)
-                                    for n, d in files])
+        self.decoding += len(files)
+        try: xs = await asyncio.gather(*[loop.run_in_executor(self.pool, self._prepare, n, d)
+                                         for n, d in files])
+        finally: self.decoding -= len(files)
         probs = await asyncio.gather(*[asyncio.wrap_future(self.batcher.submit(x)) for x in xs])
         self.m_images.inc(len(files))
         return [{'file': n, **_label_top(p, self.classes, top_k, min_confidence)}
@@ -418,12 +429,15 @@ if (given.startsWith('data:image/'))   // a query decodes base64's + to a space:
 </script></body></html>
 '''
 
-# %% ../nbs/12c_serve.ipynb #08cc750a
+# %% ../nbs/12c_serve.ipynb #25acc763
 def _bind(host:str, port:int):
     import socket
     fam = socket.AF_INET6 if ':' in host else socket.AF_INET
     sock = socket.socket(fam, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # answers go out at once: without it, a kept-alive connection's second answer waited 40 ms
+    # (Nagle's algorithm behind the client's delayed ACK); accepted sockets inherit it
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try: sock.bind((host, port))
     except OSError as e:
         sock.close()

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -201,16 +202,36 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(my_project, tmp_p
 
 @pytest.mark.fault
 def test_sigterm_under_load_answers_every_request_in_flight(my_project, tmp_path):
-    # batches wait up to 300 ms for company: requests are still in flight when SIGTERM comes
-    s = Served(['runs/my_run', '--port', 0, '--max_wait_ms', 300, '--max_batch', 64],
-               my_project, tmp_path)
+    """16 clients each send their request's headers and half its body, SIGTERM comes, then they
+    send the rest: every one of them, in flight when the signal came, is answered 200."""
+    s = Served(['runs/my_run', '--port', 0], my_project, tmp_path)
     images = split_images(my_project)[:16]
+    halfway = threading.Barrier(17)
+
+    def client(path: Path):
+        body, ctype = multipart([(path.name, path.read_bytes())])
+        c = http.client.HTTPConnection('127.0.0.1', s.port, timeout=60)
+        c.putrequest('POST', '/predict')
+        c.putheader('Content-Type', ctype); c.putheader('Content-Length', str(len(body)))
+        c.endheaders()
+        c.send(body[:len(body) // 2])
+        halfway.wait(30)          # every request is in flight
+        halfway.wait(30)          # SIGTERM has been sent
+        time.sleep(0.2)
+        c.send(body[len(body) // 2:])
+        r = c.getresponse()
+        answer = (r.status, json.loads(r.read()))
+        c.close()
+        return answer
     with ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(s.predict, [(p.name, p.read_bytes())]) for p in images]
-        time.sleep(0.15)
+        futures = [pool.submit(client, p) for p in images]
+        halfway.wait(30)
+        time.sleep(0.3)           # the server has read the halves
         s.proc.send_signal(signal.SIGTERM)
+        halfway.wait(30)
         answers = [f.result(timeout=60) for f in futures]
     assert [a[0] for a in answers] == [200] * 16, answers
+    assert all(len(a[1]['predictions']) == 1 for a in answers)
     assert s.proc.wait(60) == 0, s.stderr
     assert 'stopped by SIGTERM' in s.stderr and 'Traceback' not in s.stderr, s.stderr
     with pytest.raises(OSError):   # and it is gone
