@@ -19,7 +19,7 @@ from .onnx_runtime import OnnxPredictor
 __all__ = ['SERVE_MODULES', 'PAGE', 'ServeError', 'require_serve', 'model_source', 'UploadError', 'multipart_files',
            'check_pixels', 'Batcher', 'Server', 'run_server']
 
-# %% ../nbs/12c_serve.ipynb #c3eb07f7
+# %% ../nbs/12c_serve.ipynb #32f29caf
 class ServeError(ImgclsError):
     "`ml-serve` cannot start: the model, the options or the address."
 
@@ -42,13 +42,14 @@ def model_source(src, # an .onnx file, a run folder, a checkpoint or a cross-val
                          'ml-export, a run folder, a checkpoint or a cross-validation folder)')
     from imgcls.export import (ENSEMBLE_NAME, export_metadata, is_imgcls_onnx, model_to_onnx,
                                open_run)
-    run = open_run(p)
+    run = open_run(p, model=False)   # the network is built only if it is exported here
     beside = run.path/ENSEMBLE_NAME if run.path.is_dir() else run.path.with_suffix('.onnx')
     newest = max((f.stat().st_mtime for f in ([run.path] if run.path.is_file() else
                                               run.path.rglob('*.pt'))), default=0)
     if beside.is_file() and beside.stat().st_mtime >= newest and is_imgcls_onnx(beside):
         return beside, f'{beside} (the export of {run.path})'
     t = time.perf_counter()
+    run = run if run.model is not None else open_run(p)
     meta = export_metadata(run.checkpoint, None, run.path)
     data = model_to_onnx(run.model, meta['input_size'], None, meta)
     return data, f'{run.path}, exported to ONNX in memory ({time.perf_counter() - t:.1f} s)'

@@ -271,6 +271,24 @@ def test_what_cannot_be_served_is_one_clear_line(my_project, tmp_path):
                        '--max_batch')
 
 
+def test_a_cv_folder_serves_its_fold_ensemble_as_ml_inference_predicts(my_cv_project, tmp_path):
+    [cv] = [p for p in (my_cv_project / 'runs').iterdir() if (p / 'cv_report.json').is_file()]
+    images = split_images(my_cv_project)[:12]
+    res = run(['ml-inference', '--checkpoint_path', cv, '--images', *images, '--format', 'json',
+               '--output', 'cv_preds.json'], my_cv_project)
+    assert_ok(res)
+    want = json.loads((my_cv_project / 'cv_preds.json').read_text())['predictions']
+    s = Served([cv, '--port', 0], my_cv_project, tmp_path)
+    try:
+        assert 'exported to ONNX in memory' in s.banner, s.banner   # no ensemble.onnx yet
+        status, body = s.predict([(p.name, p.read_bytes()) for p in images])
+        assert status == 200, body
+        got = body['predictions']
+        assert [p['label'] for p in got] == [w['predicted'] for w in want]
+        assert max(abs(p['probability'] - w['probability']) for p, w in zip(got, want)) < 1e-4
+    finally: assert s.stop() == 0, s.stderr
+
+
 @needs_chromium
 def test_the_page_classifies_an_image_in_chromium_offline(my_project, served, tmp_path):
     path = split_images(my_project)[0]
