@@ -15,8 +15,8 @@ from .images import load_image, to_rgb
 
 # %% auto #0
 __all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'IMAGE_NAME', 'METADATA_JSON_KEYS', 'ExportError', 'require_export', 'parse_metadata',
-           'int8_full_range_safe', 'full_range_warning', 'preprocess', 'decode', 'softmax', 'ort_session',
-           'OnnxPredictor']
+           'int8_full_range_safe', 'full_range_warning', 'preprocess', 'decode', 'softmax', 'top_classes',
+           'ort_session', 'OnnxPredictor']
 
 # %% ../nbs/12_onnx_runtime.ipynb #85b142ac
 class ExportError(ImgclsError):
@@ -79,7 +79,7 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_onnx_runtime.ipynb #e4789a9e
+# %% ../nbs/12_onnx_runtime.ipynb #7d205e4d
 def decode(img, # an image path or a PIL image
           ) -> np.ndarray:
     ("`img` as a uint8 (height, width, 3) array at its own size: upright (EXIF) RGB by imgcls's "
@@ -91,6 +91,12 @@ def softmax(z:np.ndarray) -> np.ndarray:
     "Softmax over the last axis, computed stably."
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+def top_classes(p:np.ndarray, # one image's class probabilities
+                classes:list, top_k:int) -> list[dict]:
+    "The `top_k` classes of `p` (at most all), most probable first, ties in class order."
+    return [{'class': classes[j], 'probability': float(p[j])}
+            for j in np.argsort(-p, kind='stable')[:top_k]]
 
 def ort_session(src, # an .onnx path or the model's bytes
                 threads:int|None=None, # intra-op threads (None: ONNX Runtime's choice)
@@ -153,13 +159,17 @@ class OnnxPredictor:
                 out[[s + j for j in js]] = self.run(np.stack([xs[j] for j in js]))
         return out
 
+    def calibrated(self, logits:np.ndarray) -> np.ndarray:
+        "Class probabilities from logits, calibrated by the file's temperature."
+        return softmax(logits / float(self.meta.get('temperature', 1.0)))
+
     def probabilities(self, x:np.ndarray) -> np.ndarray:
-        "Class probabilities of a batch of model inputs (`run`'s), calibrated by the temperature."
-        return softmax(self.run(x) / float(self.meta.get('temperature', 1.0)))
+        "Calibrated class probabilities of a batch of model inputs (`run`'s)."
+        return self.calibrated(self.run(x))
 
     def predict_proba(self, images, batch_size:int=32) -> np.ndarray:
-        "Class probabilities (N, classes) for `images`, calibrated by the file's temperature."
-        return softmax(self.logits(images, batch_size) / float(self.meta.get('temperature', 1.0)))
+        "Calibrated class probabilities (N, classes) for `images`."
+        return self.calibrated(self.logits(images, batch_size))
 
     def predict(self, images, # a path or PIL image, or a list of them
                 top_k:int=5, # classes to report for each image (at most the number of classes)
@@ -171,11 +181,10 @@ class OnnxPredictor:
             raise ExportError(f'top_k must be an integer >= 1, got {top_k!r}')
         out = []
         for i, (img, p) in enumerate(zip(images, self.predict_proba(images, batch_size))):
-            order = np.argsort(-p, kind='stable')[:top_k]
+            top = top_classes(p, self.classes, top_k)
             out.append({'path': f'<image {i}>' if isinstance(img, Image.Image) else str(img),
-                        'predicted': self.classes[order[0]], 'probability': float(p[order[0]]),
-                        'top_k': [{'class': self.classes[j], 'probability': float(p[j])}
-                                  for j in order]})
+                        'predicted': top[0]['class'], 'probability': top[0]['probability'],
+                        'top_k': top})
         return out
 
     def __repr__(self):
