@@ -3,7 +3,7 @@ __version__ = "0.0.1"
 # `import imgcls` stays cheap (the console commands start fast); `from imgcls import *` and
 # `imgcls.NAME` import the modules on first use and give their public API (each module's __all__).
 _MODULES = ['core', 'config', 'images', 'curation', 'labels', 'splits', 'data', 'checkpoint',
-            'models', 'evaluation', 'training', 'run_files', 'trainer', 'distributed', 'privacy', 'crossval', 'runs',
+            'models', 'evaluation', 'training', 'multilabel', 'run_files', 'trainer', 'distributed', 'privacy', 'crossval', 'runs',
             'autoconfig', 'lr_finder', 'inference', 'onnx_runtime', 'export', 'export_checks', 'serve',
             'search_spaces', 'search', 'visualise', 'analysis']
 

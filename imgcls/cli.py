@@ -33,7 +33,7 @@ def sample_data_command(
 def ml_sample_data(argv=None):
     return run_cli(sample_data_command, 'ml-sample-data', argv, pos=('dest',))
 
-# %% ../nbs/90_cli.ipynb #e4268213
+# %% ../nbs/90_cli.ipynb #e8ffd4a3
 def split_command(
     raw_data:str, # the dataset's raw folder, data/NAME/raw, one sub-folder per class
     folds:int=5, # number of cross-validation folds (1: one train/val split)
@@ -45,19 +45,24 @@ def split_command(
     group_by:str=None, # regex over the path: images with the same match stay in one split
     dedupe:bool=False, # keep one copy of identical images
     near_dup_distance:int=4, # warn of look-alike images within this many hash bits (0: off)
+    multi_label:str=None, # with labels.csv: true or false (default: as the file shows)
 ):
     ("Write a stratified shared test set and K stratified train/val folds "
      "as index files in data/NAME/splits/.")
-    from imgcls.core import setup_logging
+    from imgcls.core import ConfigError, setup_logging
     from imgcls.splits import make_splits
     setup_logging()
+    ml = {None: None, 'true': True, 'false': False}.get(str(multi_label).lower()
+                                                       if multi_label is not None else None, '?')
+    if ml == '?': raise ConfigError(f'--multi_label must be true or false, got {multi_label!r}')
     res = make_splits(raw_data, folds=folds, test_ratio=test_ratio, val_ratio=val_ratio, seed=seed,
                       bad_images=bad_images, force=force, group_by=group_by, dedupe=dedupe,
-                      near_dup_distance=near_dup_distance)
+                      near_dup_distance=near_dup_distance, multi_label=ml)
     m = res.manifest
     if not res.written: return 0
     n_val = sum(1 for _ in open(res.splits_dir/'fold_0_val.txt'))
-    print(f"{res.splits_dir}: {m['n_images']} images in {len(m['classes'])} classes; "
+    kind = ' (multi-label)' if m.get('multi_label') else ''
+    print(f"{res.splits_dir}: {m['n_images']} images in {len(m['classes'])} classes{kind}; "
           f"test {m['counts']['test']}, {folds} fold(s) of train "
           f"{m['n_images'] - m['counts']['test'] - n_val} / val {n_val} (seed {seed})")
     if m['rejected']:
@@ -92,7 +97,7 @@ def init_config_command(
 def ml_init_config(argv=None):
     return run_cli(init_config_command, 'ml-init-config', argv, pos=('data_dir',))
 
-# %% ../nbs/90_cli.ipynb #9d566aa4
+# %% ../nbs/90_cli.ipynb #c6eed2f8
 def prepare_data(data:str, # data/NAME (holding raw/), a NAME under data/, or digits
                 ) -> str:
     "Find or make the dataset, its splits and its config, printing each step; the config's path."
@@ -172,6 +177,12 @@ def train_command(
         return
     t = _train(cfg, overrides=ov, resume=resume, force_resume=force_resume)
     s = t.summary
+    if s.get('task') == 'multi_label':
+        m = s['test']
+        print(f"test macro-F1 {m['macro_f1']:.4f}, micro-F1 {m['micro_f1']:.4f}, mAP "
+              f"{m['map']:.4f}, exact match {m['acc']:.4f} ({m['n']} images)")
+        print(f"run folder: {s['run_dir']}")
+        return
     print(f"test accuracy {s['test']['acc']:.4f}, "
           f"balanced accuracy {s['test']['balanced_acc']:.4f}, "
           f"macro-F1 {s['test']['macro_f1']:.4f} ({s['test']['n']} images)")
@@ -215,12 +226,17 @@ def lr_finder_command(
 # %% ../nbs/90_cli.ipynb #1feb2f6b
 def ml_lr_finder(argv=None): return run_cli(lr_finder_command, 'ml-lr-finder', argv)
 
-# %% ../nbs/90_cli.ipynb #fe1a2c87
+# %% ../nbs/90_cli.ipynb #000799b3
 def _print_evaluation(r:dict, split:str, min_confidence:float):
     "What `ml-inference` prints after evaluating a split: the figures and the files written."
     from imgcls.inference import selective_text
     m = r['metrics']
     who = f" (soft vote of {m['ensemble_of']} fold models)" if m.get('ensemble_of') else ''
+    if 'map' in m:   # multi-label
+        print(f"{split} macro-F1 {m['macro_f1']:.4f}, micro-F1 {m['micro_f1']:.4f}, mAP "
+              f"{m['map']:.4f}, exact match {m['acc']:.4f} ({m['n']} images){who}")
+        print(f"wrote {r['paths']['report']}, {r['paths']['predictions']}")
+        return
     print(f"{split} accuracy {m['acc']:.4f}, balanced accuracy {m['balanced_acc']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f} ({m['n']} images){who}")
     if min_confidence: print(selective_text(m['selective'], split))

@@ -118,7 +118,7 @@ def default_config() -> Config:
     "The template's values as a `Config`."
     return Config(parse_yaml(template_text(), str(TEMPLATE_PATH)))
 
-# %% ../nbs/01_config.ipynb #406b17b2
+# %% ../nbs/01_config.ipynb #ef4b9ed2
 _FREE = ('search.search_space', 'search.sampler', 'search.pruner')
 _P = dict(type=float, min=0, max=1)  # a probability
 # The trainers, by the name `training.trainer_type` takes, and the class of each ('module:Class'):
@@ -139,6 +139,7 @@ _RULES = {
     'data.cache': dict(choices=['auto', 'memory', 'none']), 'data.cache_max_gb': dict(min=0),
     'data.pin_memory': dict(choices=['auto', True, False]),
     'data.sampler': dict(choices=['random', 'balanced']),
+    'data.multi_label': dict(choices=[True, False], null=True),
     'augmentation.scale': dict(len=2, each_gt=0, each_max=1, ordered=True),
     'augmentation.horizontal_flip': _P,
     'augmentation.vertical_flip': _P, 'augmentation.random_erasing': _P,
@@ -157,13 +158,17 @@ _RULES = {
     'scheduler.gamma': dict(gt=0, max=1), 'scheduler.patience': dict(min=0),
     'scheduler.factor': dict(gt=0, max=1), 'scheduler.min_lr': dict(min=0),
     'loss.label_smoothing': dict(min=0, max=1, max_open=True),
+    'loss.type': dict(choices=['auto', 'cross_entropy', 'bce', 'asl']),
+    'evaluation.threshold': dict(type=(str, float), choices_str=['per_class', 'global'], gt=0,
+                                 max=1, max_open=True),
     'loss.class_weights': dict(type=(str, list), null=True, choices_str=['balanced'], each_gt=0),
     'training.trainer_type': dict(choices=TRAINERS),  # live: a registered trainer is allowed
     'training.amp_dtype': dict(choices=['float16', 'bfloat16']),
     'training.num_epochs': dict(min=1), 'training.batch_size': dict(min=1),
     'training.epoch_repeats': dict(type=int, min=1),
     'training.gradient_accumulation_steps': dict(min=1),
-    'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc'],
+    'training.monitor': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc',
+                                      'val_map', 'val_f1'],
                              null=True),
     'training.early_stopping_patience': dict(min=0),
     'training.max_grad_norm': dict(type=float, gt=0, null=True),
@@ -185,7 +190,8 @@ _RULES = {
     'training.dp.target_epsilon': dict(type=float, gt=0, null=True),
     'training.dp.target_delta': dict(gt=0, max=1, max_open=True),
     'search.n_trials': dict(min=1), 'search.direction': dict(choices=['maximize', 'minimize']),
-    'search.metric': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc']),
+    'search.metric': dict(choices=['val_acc', 'val_loss', 'macro_f1', 'balanced_acc', 'val_map',
+                                   'val_f1']),
 }
 
 def flatten_config(d, prefix=''):

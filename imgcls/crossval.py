@@ -22,19 +22,30 @@ from .trainer import train
 # %% auto #0
 __all__ = ['cross_validate', 'cv_report', 'cv_text', 'is_cv_dir', 'fold_checkpoints', 'FoldEnsemble', 'load_fold_ensemble']
 
-# %% ../nbs/09c_crossval.ipynb #fde52651
+# %% ../nbs/09c_crossval.ipynb #af350d14
 _METRICS = ('acc', 'balanced_acc', 'macro_f1', 'loss')
 
-def _probs(model, loader, temperature:float=1.0) -> tuple[np.ndarray, np.ndarray]:
-    "Calibrated probabilities (as `ml-inference` gives them) and labels."
+def _probs(model, loader, ck:dict) -> tuple[np.ndarray, np.ndarray]:
+    ("Calibrated probabilities (as `ml-inference` gives them: softmax at the run's temperature, "
+     "or multi-label a sigmoid a class at its own) and labels.")
     logits, labels = predict(model, loader)
-    return (logits / temperature).softmax(1).numpy(), labels.numpy()
+    if ck.get('task') == 'multi_label':
+        t = (ck.get('multi_label') or {}).get('temperatures') or [1.0] * logits.shape[1]
+        return (logits / torch.tensor(t)).sigmoid().numpy(), labels.numpy()
+    return (logits / float(ck.get('temperature', 1.0))).softmax(1).numpy(), labels.numpy()
 
 def _write_csv(path, rows, classes):
+    "Predictions: path, true, predicted, probability, p_<class> (multi-label: label sets)."
     with atomic_open(path, 'w') as f:
         w = csv.writer(f)
-        w.writerow(['path', 'true', 'predicted', 'probability', *[f'p_{c}' for c in classes]])
-        for p, y, pr in rows:
+        multi = bool(rows) and len(rows[0]) == 4
+        w.writerow(['path', 'true', 'predicted', *([] if multi else ['probability']),
+                    *[f'p_{c}' for c in classes]])
+        for p, y, pr, *thr in rows:
+            if multi:
+                names = lambda on: ' '.join(c for c, b in zip(classes, on) if b)
+                w.writerow([p, names(y > 0.5), names(pr >= thr[0]), *[f'{v:.6f}' for v in pr]])
+                continue
             k = int(pr.argmax())
             w.writerow([p, classes[y], classes[k], f'{pr[k]:.6f}', *[f'{v:.6f}' for v in pr]])
 
@@ -63,13 +74,36 @@ def cross_validate(cfg:Config, # the resolved configuration (data.fold is ignore
         runs.append(train(c, overrides=overrides, **kwargs))
     return cv_report(cv_dir, [r.run_dir for r in runs])
 
-# %% ../nbs/09c_crossval.ipynb #c75a02dd
+# %% ../nbs/09c_crossval.ipynb #9d7a5e53
+def _single_label_cv(cv_dir, oy, op, test_labels, ens_p, classes):
+    "Out-of-fold and ensemble metrics of a single-label set, and their reports."
+    oof = compute_metrics(oy, op.argmax(1), classes)
+    ens = compute_metrics(test_labels, ens_p.argmax(1), classes)
+    p_true = ens_p[np.arange(len(test_labels)), test_labels]
+    ens['loss'] = float(-np.log(np.clip(p_true, 1e-12, 1)).mean())
+    write_report(cv_dir, 'oof', oof, classes, oy, op.argmax(1))
+    write_report(cv_dir, 'ensemble_test', ens, classes, test_labels, ens_p.argmax(1))
+    return oof, ens
+
+def _multi_label_cv(cv_dir, oof_rows, oy, op, test_labels, ens_p, thresholds, classes):
+    ("Out-of-fold metrics of a multi-label set (each image at its fold's thresholds), the "
+     "ensemble's at the folds' mean thresholds (as `load_fold_ensemble` votes), their reports.")
+    from imgcls.multilabel import multilabel_metrics, write_multilabel_report
+    oof = multilabel_metrics(oy, op, classes, np.stack([r[3] for r in oof_rows]))
+    thr = np.mean(thresholds, 0).round(4)
+    q = np.clip(ens_p, 1e-7, 1 - 1e-7)
+    loss = float(-(test_labels * np.log(q) + (1 - test_labels) * np.log(1 - q)).mean())
+    ens = multilabel_metrics(test_labels, ens_p, classes, thr, loss)
+    write_multilabel_report(cv_dir, 'oof', oof)
+    write_multilabel_report(cv_dir, 'ensemble_test', ens)
+    return oof, ens, thr
+
 def cv_report(cv_dir, # where to write the report
               run_dirs:list, # one finished run folder per fold, in fold order
              ) -> dict:
     "Per-fold metrics with mean and std, out-of-fold predictions, the fold ensemble on test."
     cv_dir = Path(cv_dir)
-    per_fold, oof_rows, test_probs = [], [], []
+    per_fold, oof_rows, test_probs, thresholds = [], [], [], []
     classes = test_labels = test_paths = None
     for rd in map(Path, run_dirs):
         s = json.loads((rd/'summary.json').read_text())
@@ -78,36 +112,39 @@ def cv_report(cv_dir, # where to write the report
         classes = ck['classes']
         ds = get_datasets(cfg, splits=('val', 'test'), preload=False)
         dls = get_dataloaders(cfg, ds)
-        t = float(ck.get('temperature', 1.0))
-        vp, vy = _probs(model, dls['val'], t)
-        oof_rows += [(p, int(y), pr) for (p, _), y, pr in zip(ds['val'].items, vy, vp)]
-        tp, ty = _probs(model, dls['test'], t)
+        multi = ck.get('task') == 'multi_label'
+        thr = np.asarray((ck.get('multi_label') or {}).get('thresholds') or [0.5] * len(classes))
+        thresholds.append(thr)
+        vp, vy = _probs(model, dls['val'], ck)
+        oof_rows += [(p, y if multi else int(y), pr, *([thr] if multi else []))
+                     for (p, _), y, pr in zip(ds['val'].items, vy, vp)]
+        tp, ty = _probs(model, dls['test'], ck)
         test_probs.append(tp)
         if test_labels is None: test_labels, test_paths = ty, [p for p, _ in ds['test'].items]
         elif not np.array_equal(ty, test_labels):
             raise DataError(f"{rd}: its test set differs from the first fold's; the runs do not "
                             'come from the same splits')
         per_fold.append({'fold': cfg.data.fold, 'run_dir': str(rd), 'best_epoch': s['best_epoch'],
-                         **{f'{sp}_{m}': s[sp][m] for sp in ('val', 'test') for m in _METRICS}})
+                         **{f'{sp}_{m}': s[sp][m] for sp in ('val', 'test')
+                            for m in _METRICS + (('map', 'micro_f1') if multi else ())}})
     keys = [k for k in per_fold[0] if k.startswith(('val_', 'test_'))]
     mean = {k: float(np.mean([f[k] for f in per_fold])) for k in keys}
     std = {k: float(np.std([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0
            for k in keys}
-    oy = np.array([y for _, y, _ in oof_rows]); op = np.stack([p for _, _, p in oof_rows])
-    oof = compute_metrics(oy, op.argmax(1), classes)
+    oy = np.array([r[1] for r in oof_rows]); op = np.stack([r[2] for r in oof_rows])
     ens_p = np.mean(test_probs, 0)
-    ens = compute_metrics(test_labels, ens_p.argmax(1), classes)
-    p_true = ens_p[np.arange(len(test_labels)), test_labels]
-    ens['loss'] = float(-np.log(np.clip(p_true, 1e-12, 1)).mean())
+    if multi: oof, ens, thr = _multi_label_cv(cv_dir, oof_rows, oy, op, test_labels, ens_p,
+                                              thresholds, classes)
+    else: oof, ens = _single_label_cv(cv_dir, oy, op, test_labels, ens_p, classes)
+    keep = ('map', 'micro_f1') if multi else ()
     report = {'folds': len(per_fold), 'per_fold': per_fold, 'mean': mean, 'std': std,
-              'oof': {k: oof[k] for k in ('acc', 'balanced_acc', 'macro_f1', 'n')},
-              'ensemble_test': {k: ens[k] for k in (*_METRICS, 'n')},
+              'oof': {k: oof[k] for k in ('acc', 'balanced_acc', 'macro_f1', 'n', *keep)},
+              'ensemble_test': {k: ens[k] for k in (*_METRICS, 'n', *keep)},
               'classes': classes, 'cv_dir': str(cv_dir)}
     _write_csv(cv_dir/'oof_predictions.csv', sorted(oof_rows, key=lambda r: r[0]), classes)
-    _write_csv(cv_dir/'ensemble_test_predictions.csv', list(zip(test_paths, test_labels, ens_p)),
+    _write_csv(cv_dir/'ensemble_test_predictions.csv',
+               list(zip(test_paths, test_labels, ens_p, *([[thr] * len(ens_p)] if multi else []))),
                classes)
-    write_report(cv_dir, 'oof', oof, classes, oy, op.argmax(1))
-    write_report(cv_dir, 'ensemble_test', ens, classes, test_labels, ens_p.argmax(1))
     atomic_write(cv_dir/'cv_report.json', json.dumps(report, indent=1) + '\n')
     atomic_write(cv_dir/'cv_report.txt', cv_text(report))
     logger.info(cv_text(report))
@@ -155,18 +192,23 @@ def fold_checkpoints(cv_dir, # a folder written by `ml-train --fold all`
         raise DataError(f"{cv_dir}: fold checkpoint(s) missing: {', '.join(missing) or 'all'}")
     return paths
 
-# %% ../nbs/09c_crossval.ipynb #5fe9fac1
+# %% ../nbs/09c_crossval.ipynb #09fb846b
 class FoldEnsemble(nn.Module):
     "Soft vote of fold models: log of the mean of their temperature-calibrated probabilities."
     def __init__(self, models:list, # the fold models (same classes, same input)
-                 temperatures:list|None=None, # each model's temperature (default 1.0)
+                 temperatures:list|None=None, # each model's temperature (default 1.0); multi-label:
+                                              # a list of one a class for each model
+                 multi_label:bool=False, # sigmoids: the logit of the mean calibrated probability
                 ):
         super().__init__()
-        self.models = nn.ModuleList(models)
+        self.models, self.multi_label = nn.ModuleList(models), multi_label
         t = temperatures or [1.0] * len(models)
-        self.register_buffer('temperatures', torch.tensor([float(v) for v in t]))
+        self.register_buffer('temperatures', torch.tensor(t, dtype=torch.float32))
 
     def forward(self, x):
+        if self.multi_label:
+            p = sum((m(x).float() / t).sigmoid() for m, t in zip(self.models, self.temperatures))
+            return torch.logit(p / len(self.models), eps=1e-6)
         p = sum((m(x).float() / t).softmax(1) for m, t in zip(self.models, self.temperatures))
         return (p / len(self.models)).clamp_min(1e-12).log()
 
@@ -175,7 +217,7 @@ def load_fold_ensemble(cv_dir, # a folder written by `ml-train --fold all`
                       ) -> tuple[FoldEnsemble, dict]:
     ("The fold ensemble of `cv_dir` (eval mode) and the first fold's checkpoint, its `temperature` "
      "set to 1.0 (the folds' own are inside the ensemble) and `folds` to their number.")
-    models, temps, first = [], [], None
+    models, temps, thresholds, first = [], [], [], None
     for p in fold_checkpoints(cv_dir):
         m, ck = model_from_checkpoint(p, device)
         if first is None: first = ck
@@ -185,6 +227,14 @@ def load_fold_ensemble(cv_dir, # a folder written by `ml-train --fold all`
                                ('augmentation', 'mean'), ('augmentation', 'std'))):
             raise DataError(f'{p}: its classes or preprocessing differ from the first fold; '
                             'the folds cannot vote together')
-        models.append(m); temps.append(float(ck.get('temperature', 1.0)))
-    return (FoldEnsemble(models, temps).to(device).eval(),
-            {**first, 'temperature': 1.0, 'folds': len(models), 'cv_dir': str(cv_dir)})
+        models.append(m)
+        ml = ck.get('multi_label') or {}
+        temps.append(ml.get('temperatures') or [1.0] * len(ck['classes'])
+                     if ck.get('task') == 'multi_label' else float(ck.get('temperature', 1.0)))
+        thresholds.append(ml.get('thresholds') or [0.5] * len(ck['classes']))
+    multi = first.get('task') == 'multi_label'   # thresholds: the folds' mean, a class at a time
+    ml = {'temperatures': [1.0] * len(first['classes']),
+          'thresholds': np.mean(thresholds, 0).round(4).tolist()}
+    extra = {'multi_label': ml} if multi else {}
+    return (FoldEnsemble(models, temps, multi).to(device).eval(),
+            {**first, 'temperature': 1.0, 'folds': len(models), 'cv_dir': str(cv_dir), **extra})

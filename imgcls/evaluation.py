@@ -85,7 +85,7 @@ def evaluate(model, loader, classes:list, device='cpu', criterion=None,
     preds = logits.argmax(1) if len(labels) else labels
     return compute_metrics(labels.numpy(), preds.numpy(), classes, loss), logits, labels
 
-# %% ../nbs/08_evaluation.ipynb #0d89a943
+# %% ../nbs/08_evaluation.ipynb #2908fdf3
 def tta_views(cfg) -> dict:
     "Name -> function of a normalised NCHW batch: the views TTA averages for config `cfg`."
     a, views = cfg.augmentation, {'original': lambda x: x}
@@ -108,10 +108,15 @@ def tta_views(cfg) -> dict:
 class TTA(torch.nn.Module):
     ("`model` averaged over `views` (from `tta_views`): its output is the log of the mean "
      "probability, so `softmax` of it is the average and `argmax` the TTA prediction.")
-    def __init__(self, model:torch.nn.Module, views:dict):
+    def __init__(self, model:torch.nn.Module, views:dict,
+                 multi_label:bool=False, # a sigmoid a class: the logit of the mean probability
+                ):
         super().__init__()
-        self.model, self.views = model, list(views.values())
+        self.model, self.views, self.multi_label = model, list(views.values()), multi_label
     def forward(self, x):
+        if self.multi_label:
+            p = sum(self.model(v(x)).float().sigmoid() for v in self.views) / len(self.views)
+            return torch.logit(p, eps=1e-6)
         p = sum(self.model(v(x)).float().softmax(1) for v in self.views) / len(self.views)
         return p.clamp_min(1e-12).log()
 

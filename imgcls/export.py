@@ -40,7 +40,7 @@ def unwrap_model(model, # a torch module, maybe wrapped for DDP, Opacus or torch
         model = inner
     return model
 
-# %% ../nbs/12a_export.ipynb #c4630d4b
+# %% ../nbs/12a_export.ipynb #037e172d
 def _props(meta:dict) -> dict:
     "`meta` as ONNX metadata_props strings: lists and numbers as JSON, strings as they are."
     return {k: json.dumps(v) if k in METADATA_JSON_KEYS else str(v) for k, v in meta.items()}
@@ -62,6 +62,7 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
         raise ExportError(f'opset {opset} is not supported: choose 9 to '
                           f'{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})')
     h, w = (int(s) for s in input_size)
+    out_name = (metadata or {}).get('output_name', OUTPUT_NAME)   # multi-label: probabilities
     net = copy.deepcopy(unwrap_model(model)).float().cpu().eval()
     for m in net.modules():  # hooks are training instrumentation (Opacus's per-sample gradients)
         for d in ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks'):
@@ -74,7 +75,7 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
             try:
                 prog = torch.onnx.export(
                     net, (x,), dynamo=True, verbose=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    input_names=[INPUT_NAME], output_names=[out_name],
                     dynamic_shapes=({0: torch.export.Dim('batch', min=1)},))
                 proto, exporter = prog.model_proto, 'torch.export'
             except Exception as e: errors.append(f'torch.export: {first_line(e)}')
@@ -82,9 +83,9 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
             buf = io.BytesIO()
             try:
                 torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  input_names=[INPUT_NAME], output_names=[out_name],
                                   dynamic_axes={INPUT_NAME: {0: 'batch'},
-                                                OUTPUT_NAME: {0: 'batch'}})
+                                                out_name: {0: 'batch'}})
                 proto, exporter = onnx.load_from_string(buf.getvalue()), 'torchscript'
             except Exception as e: errors.append(f'torchscript: {first_line(e)}')
     if proto is None:
@@ -100,7 +101,7 @@ def model_to_onnx(model, # a torch module (unwrapped and put in eval mode on a c
         raise ExportError(f'the ONNX model is too large for one file ({first_line(e)}); '
                           'ml-export does not write external weight files') from None
 
-# %% ../nbs/12a_export.ipynb #a8714e41
+# %% ../nbs/12a_export.ipynb #a7f4f3d6
 ENSEMBLE_NAME = 'ensemble.onnx'  # the file name of a fold ensemble, inside its CV folder
 
 def open_run(checkpoint, # a checkpoint, a run folder or a CV folder
@@ -109,7 +110,12 @@ def open_run(checkpoint, # a checkpoint, a run folder or a CV folder
     ("The `Run` that `checkpoint` names (a checkpoint, a run folder or a CV folder; see "
      "`imgcls.runs.load_run`), on the CPU; torch is imported only here.")
     from imgcls.runs import load_run
-    return load_run(checkpoint, 'cpu', model)
+    run = load_run(checkpoint, 'cpu', model)
+    if run.multi_label and run.model is not None:   # the graph ends in calibrated sigmoids
+        from imgcls.multilabel import CalibratedSigmoid
+        temps = (run.checkpoint.get('multi_label') or {}).get('temperatures')
+        run.model = CalibratedSigmoid(run.model, temps or [1.0] * len(run.classes)).eval()
+    return run
 
 def _input_size(input_size) -> tuple|None:
     if input_size is None: return None
@@ -137,9 +143,18 @@ def export_metadata(ck:dict, # a loaded checkpoint
             'mean': [float(v) for v in a['mean']], 'std': [float(v) for v in a['std']],
             'input_name': INPUT_NAME, 'output_name': OUTPUT_NAME,
             'trainer_type': str(ck.get('trainer_type', '')), 'checkpoint': str(checkpoint or ''),
-            'temperature': float(ck.get('temperature', 1.0)),
+            'temperature': float(ck.get('temperature', 1.0)), **_multi_label_meta(ck),
             **({'folds': int(ck['folds']), 'ensemble': 'soft vote: the log of the mean of the '
                 'folds\' calibrated probabilities'} if ck.get('folds') else {})}
+
+def _multi_label_meta(ck:dict) -> dict:
+    ("A multi-label run's metadata: the task, its thresholds and temperatures (already applied: "
+     "the output is probabilities), and the output's name.")
+    if ck.get('task') != 'multi_label': return {}
+    k, ml = len(ck['classes']), ck.get('multi_label') or {}
+    return {'task': 'multi_label', 'output_name': 'probabilities',
+            'thresholds': [float(v) for v in ml.get('thresholds') or [0.5] * k],
+            'temperatures': [float(v) for v in ml.get('temperatures') or [1.0] * k]}
 
 def is_imgcls_onnx(path) -> bool:
     "Was `path` written by imgcls's export? (Its metadata says `framework: imgcls`.)"

@@ -77,7 +77,7 @@ def validate_onnx(src, # an .onnx path or the model's bytes
             'input_type': 'uint8' if uint8 else 'float32',
             'runs': runs, 'batch_consistency_max_abs_diff': diff}
 
-# %% ../nbs/12b_export_checks.ipynb #e6585088
+# %% ../nbs/12b_export_checks.ipynb #8bb2e650
 def _test_data_dir(run, data_dir=None) -> Path:
     "The dataset folder holding the run's test split."
     try: d = run.data_dir(data_dir)
@@ -111,12 +111,27 @@ def _test_dataset(run, meta:dict, data_dir:Path, max_images:int|None=None):
         ds.items = [ds.items[i] for i in idx]
     return ds
 
-def _agreement(a:np.ndarray, b:np.ndarray) -> dict:
+def _agreement(a:np.ndarray, b:np.ndarray,
+               thresholds=None, # multi-label: the outputs are probabilities; label sets compared
+              ) -> dict:
     d = np.abs(a - b)
+    if thresholds is not None:
+        t = np.asarray(thresholds)
+        same = ((a >= t) == (b >= t)).all(1)
+        return {'max_abs_diff': float(d.max()) if d.size else 0.0,
+                'mean_abs_diff': float(d.mean()) if d.size else 0.0,
+                'max_prob_diff': float(d.max()) if d.size else 0.0,
+                'top1_agreement': float(same.mean()) if len(a) else 1.0}   # label sets
     return {'max_abs_diff': float(d.max()) if d.size else 0.0,
             'mean_abs_diff': float(d.mean()) if d.size else 0.0,
             'max_prob_diff': float(np.abs(softmax(a) - softmax(b)).max()) if d.size else 0.0,
             'top1_agreement': float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0}
+
+def _scores(out:np.ndarray, labels:np.ndarray, meta:dict) -> float:
+    "Test accuracy of the outputs, or (multi-label) macro-F1 at the exported thresholds."
+    if meta.get('task') != 'multi_label': return float((out.argmax(1) == labels).mean())
+    from imgcls.multilabel import multilabel_metrics
+    return multilabel_metrics(labels, out, meta['classes'], meta['thresholds'])['macro_f1']
 
 def _compare(run, meta:dict, src, data_dir=None, max_images=None, atol:float=1e-4,
              min_agreement:float=0.99, batch_size:int=32) -> dict:
@@ -135,11 +150,12 @@ def _compare(run, meta:dict, src, data_dir=None, max_images=None, atol:float=1e-
             pt.append(run.model(x).float().numpy()); same.append(pred.run(x.numpy()))
             pipe.append(pred.run(xn)); labels.append(y.numpy())
     pt, same, pipe, labels = map(np.concatenate, (pt, same, pipe, labels))
+    thr = meta.get('thresholds') if meta.get('task') == 'multi_label' else None
     res = {'images': int(len(ds)), 'data_dir': str(ddir), 'atol': atol,
-           'min_agreement': min_agreement, 'model': _agreement(pt, same),
-           'pipeline': {'max_abs_input_diff': in_diff, **_agreement(pt, pipe)},
-           'accuracy': {'pytorch': float((pt.argmax(1) == labels).mean()),
-                        'onnx': float((pipe.argmax(1) == labels).mean())}}
+           'min_agreement': min_agreement, 'model': _agreement(pt, same, thr),
+           'pipeline': {'max_abs_input_diff': in_diff, **_agreement(pt, pipe, thr)},
+           'accuracy': {'pytorch': _scores(pt, labels, meta), 'onnx': _scores(pipe, labels, meta),
+                        'metric': 'macro_f1' if thr is not None else 'accuracy'}}
     fails = []
     for k in ('model', 'pipeline'):
         r = res[k]
@@ -521,7 +537,7 @@ def export_checkpoint(checkpoint, # a best.pt or last.pt, a run folder, or a CV 
         raise ExportError(f"{checkpoint}: {'; '.join(rep['failures'])}; {out} not written{where}")
     return rep
 
-# %% ../nbs/12b_export_checks.ipynb #78261a51
+# %% ../nbs/12b_export_checks.ipynb #17eeacc1
 def _is_glob(s:str) -> bool: return any(c in s for c in '*?[')
 
 def _glob_root(pattern:str) -> Path:
@@ -551,14 +567,17 @@ def _describe(rep:dict) -> list[str]:
             f"batch {r['batch']}{size(r)} -> {tuple(r['output_shape'])}" for r in v['runs']))
     if 'comprehensive_validate' in rep:
         c = rep['comprehensive_validate']
+        a = c['accuracy']
+        ml = a.get('metric') == 'macro_f1'   # multi-label: probabilities and label sets compared
         for k in ('model', 'pipeline'):
             r = c[k]
-            lines.append(f"comprehensive-validate ({k}): {c['images']} test images, max |logit "
-                         f"diff| {r['max_abs_diff']:.3g}, mean {r['mean_abs_diff']:.3g}, top-1 "
+            lines.append(f"comprehensive-validate ({k}): {c['images']} test images, max "
+                         f"|{'probability' if ml else 'logit'} diff| {r['max_abs_diff']:.3g}, mean "
+                         f"{r['mean_abs_diff']:.3g}, {'label-set' if ml else 'top-1'} "
                          f"agreement {r['top1_agreement']:.2%} (atol {c['atol']:g}, min "
                          f"{c['min_agreement']:.0%})")
-        a = c['accuracy']
-        lines.append(f"test accuracy: PyTorch {a['pytorch']:.4f}, ONNX {a['onnx']:.4f}")
+        what = 'macro-F1' if ml else 'accuracy'
+        lines.append(f"test {what}: PyTorch {a['pytorch']:.4f}, ONNX {a['onnx']:.4f}")
     if 'preprocessing_parity' in rep: lines.append(_parity_line(rep['preprocessing_parity']))
     if 'quantize' in rep: lines += format_quantized(rep['quantize'])
     if 'benchmark' in rep: lines.append(format_benchmark(rep['benchmark']))

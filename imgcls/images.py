@@ -176,7 +176,7 @@ def _bomb_png(path, side=100_000):
     Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr)
                            + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b''))
 
-# %% ../nbs/02_images.ipynb #21d6cdd8
+# %% ../nbs/02_images.ipynb #4fa4e683
 @dataclass
 class Scan:
     "Result of `scan_images`: usable images, their classes, and the files rejected with reasons."
@@ -187,11 +187,13 @@ class Scan:
     sizes: list = field(default_factory=list)  # (width, height) of each item
     rejected: list = field(default_factory=list)  # (path relative to the dataset folder, reason)
     left_out: list = field(default_factory=list)  # (path, why): look like images, not taken
+    multi_label: bool = False  # items hold a tuple of class indices (from a labels file)
 
     def counts(self) -> dict:
-        "Number of usable images per class."
+        "Number of usable images per class (an image of several labels counts in each)."
         c = {k: 0 for k in self.classes}
-        for _, y in self.items: c[self.classes[y]] += 1
+        for _, y in self.items:
+            for i in (y if self.multi_label else (y,)): c[self.classes[i]] += 1
         return c
 
 def class_folders(raw_dir) -> list[str]:

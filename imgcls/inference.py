@@ -68,7 +68,7 @@ def find_images(images, # a path, folder or glob pattern, or a list of them
     if not out: raise DataError('no images given')
     return list(dict.fromkeys(out))
 
-# %% ../nbs/11_inference.ipynb #98c2d2fb
+# %% ../nbs/11_inference.ipynb #a9d57a08
 def _default_device(device=None) -> torch.device:
     "`device`, or the GPU when there is one."
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -108,6 +108,8 @@ class Predictor:
         self.checkpoint, self.fingerprint, self.skipped, self.folds = None, None, [], None
         self.run = None  # from_checkpoint: the `Run` it was opened from
         self.temperature = 1.0  # from_checkpoint sets the one fitted on the validation split
+        # multi-label: a sigmoid a class, its temperature and decision threshold (from best.pt)
+        self.multi_label, self.temperatures, self.thresholds = False, None, None
 
     @classmethod
     def from_checkpoint(cls, path, # a best.pt or last.pt, or a cross-validation folder
@@ -121,6 +123,11 @@ class Predictor:
         p.run, p.checkpoint, p.fingerprint = run, run.path, run.fingerprint
         p.temperature = run.temperature  # an ensemble: 1.0, the folds' are inside
         p.folds = run.checkpoint.get('folds')  # an ensemble: its number of models
+        if run.multi_label:
+            k, ml = len(p.classes), run.checkpoint.get('multi_label') or {}
+            p.multi_label = True
+            p.temperatures = torch.tensor(ml.get('temperatures') or [1.0] * k)
+            p.thresholds = torch.tensor(ml.get('thresholds') or [0.5] * k)
         return p
 
     def load(self, image) -> Image.Image:
@@ -153,11 +160,15 @@ class Predictor:
         x = x.to(self.device)
         views = tta_views(self.cfg).values() if self.tta else [lambda v: v]
         outs = [self.model(v(x)).float() for v in views]
+        if self.multi_label:   # a sigmoid a class, each calibrated by its own temperature
+            raw = sum(o.sigmoid() for o in outs) / len(outs)
+            cal = sum((o / self.temperatures).sigmoid() for o in outs) / len(outs)
+            return raw.cpu(), cal.cpu()
         raw = sum(o.softmax(1) for o in outs) / len(outs)
         cal = sum((o / self.temperature).softmax(1) for o in outs) / len(outs)
         return raw.cpu(), cal.cpu()
 
-# %% ../nbs/11_inference.ipynb #860e910f
+# %% ../nbs/11_inference.ipynb #3b1248e4
 @patch
 def predict_proba(self:Predictor, images, # paths, folders, glob patterns or PIL images
                   skip_bad:bool=False, # skip unreadable images (listed in `self.skipped`)
@@ -207,7 +218,11 @@ def predict(self:Predictor, images, # paths, folders, glob patterns or PIL image
     if not (isinstance(top_k, int) and top_k >= 1):
         raise ConfigError(f'top_k must be an integer >= 1, got {top_k!r}')
     min_confidence = check_min_confidence(min_confidence, self.classes)
+    if self.multi_label and min_confidence:
+        raise ConfigError('--min_confidence is for one class an image; a multi-label model '
+                          "predicts the labels at or above their thresholds (evaluation.threshold)")
     names, probs = self.predict_proba(images, skip_bad, progress)
+    if self.multi_label: return [self.label_set(n, p) for n, p in zip(names, probs)]
     k = min(top_k, len(self.classes))
     vals, idx = probs.topk(k, dim=1) if len(names) else (probs, probs.long())
     out = []
@@ -220,15 +235,36 @@ def predict(self:Predictor, images, # paths, folders, glob patterns or PIL image
     return out
 
 @patch
+def label_set(self:Predictor, name:str, # the image's name
+              probs:torch.Tensor, # its calibrated probabilities, one a class
+             ) -> dict:
+    ("A multi-label prediction: `predicted`, the labels at or above their thresholds, space-"
+     "separated as in labels.csv ('' for none), `labels` as a list, and every class's probability.")
+    labels = [c for c, p, t in zip(self.classes, probs.tolist(), self.thresholds.tolist())
+              if p >= t]
+    return {'path': name, 'predicted': ' '.join(labels), 'labels': labels,
+            'probability': float(probs.max()) if len(probs) else 0.0,
+            'probabilities': dict(zip(self.classes, probs.tolist()))}
+
+@patch
 def __repr__(self:Predictor):
     return (f'Predictor({self.checkpoint or type(self.model).__name__}, '
             f'{len(self.classes)} classes, device {self.device}, tta {self.tta})')
 
-# %% ../nbs/11_inference.ipynb #07905355
+# %% ../nbs/11_inference.ipynb #e91bcf96
 def _fmt_p(p:float) -> str: return f'{p:.6f}'
 
 def predictions_csv(preds:list[dict]) -> str:
-    "CSV text of `Predictor.predict` results."
+    "CSV text of `Predictor.predict` results (multi-label: path, predicted, p_<class> ...)."
+    if preds and 'labels' in preds[0]:
+        classes = list(preds[0]['probabilities'])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator='\n')
+        w.writerow(['path', 'predicted'] + [f'p_{c}' for c in classes])
+        for p in preds:
+            w.writerow([p['path'], p['predicted']]
+                       + [_fmt_p(p['probabilities'][c]) for c in classes])
+        return buf.getvalue()
     k = max((len(p['top_k']) for p in preds), default=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator='\n')
@@ -271,7 +307,7 @@ def coverage_accuracy(probs:torch.Tensor, # (N, classes) calibrated probabilitie
     return {'min_confidence': float(min_confidence), 'answered': k, 'unknown': n - k,
             'coverage': k / n if n else 0.0, 'acc': acc}
 
-# %% ../nbs/11_inference.ipynb #2ecdc6f3
+# %% ../nbs/11_inference.ipynb #da19b06b
 def _split_metrics(pred, raw, probs, labels, min_confidence:float) -> dict:
     ("A split's metrics from its raw and calibrated probabilities: accuracy and the rest, ECE "
      "before and after calibration, and coverage and accuracy at `min_confidence`.")
@@ -299,6 +335,47 @@ def _predictions_csv(rows:list, classes:list) -> str:
                    + [_fmt_p(v) for v in r['probabilities'].values()])
     return buf.getvalue()
 
+# %% ../nbs/11_inference.ipynb #334908c9
+def _evaluate_multilabel(pred, ds, raw, probs, labels, split, output, format) -> dict:
+    ("`evaluate_checkpoint` of a multi-label model: the metrics at the saved thresholds (and at "
+     "0.5 uncalibrated), the report, and the predictions with the true labels beside them.")
+    from imgcls.multilabel import multilabel_metrics, write_multilabel_report
+    run = pred.run
+    loss = nn.functional.binary_cross_entropy(raw.clamp(1e-7, 1 - 1e-7), labels.float()).item()
+    metrics = multilabel_metrics(labels.numpy(), probs.numpy(), pred.classes,
+                                 pred.thresholds.numpy(), loss)
+    at_half = multilabel_metrics(labels.numpy(), raw.numpy(), pred.classes)
+    metrics['at_0.5'] = {k: at_half[k] for k in ('acc', 'macro_f1', 'micro_f1')}
+    if pred.folds: metrics['ensemble_of'] = pred.folds
+    label = run.report_name(split, pred.tta)
+    if run.fingerprint and getattr(ds, 'fingerprint', None) != run.fingerprint:
+        label += f"_data_{str(getattr(ds, 'fingerprint', ''))[:8]}"
+        logger.warning(f'the {split} split is not the one this run was tested on at training '
+                       f'time: its report is logs/metrics_{label}.json')
+    paths = write_multilabel_report(run.run_dir, label, metrics)
+    rows = []
+    for i in range(len(ds)):
+        r = pred.label_set(str(ds.path(i)), probs[i])
+        true = ' '.join(c for c, v in zip(pred.classes, labels[i].tolist()) if v > 0.5)
+        rows.append({'path': r['path'], 'true': true,
+                     'predicted': r['predicted'], 'probabilities': r['probabilities']})
+    out = Path(output) if output else run.run_dir/f'predictions_{label}.{format}'
+    if format == 'json':
+        text = predictions_json(rows, checkpoint=str(run.path), split=split, tta=pred.tta,
+                                classes=pred.classes, thresholds=pred.thresholds.tolist())
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator='\n')
+        w.writerow(['path', 'true', 'predicted'] + [f'p_{c}' for c in pred.classes])
+        for r in rows: w.writerow([r['path'], r['true'], r['predicted']]
+                                  + [_fmt_p(v) for v in r['probabilities'].values()])
+        text = buf.getvalue()
+    paths['predictions'] = atomic_write(out, text)
+    logger.info(f"{label}: macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, "
+                f"mAP {metrics['map']:.4f}, exact match {metrics['acc']:.4f} ({metrics['n']} "
+                f"images); reports in {run.run_dir/'logs'}")
+    return {'metrics': metrics, 'paths': paths, 'run_dir': run.run_dir, 'label': label}
+
 def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a CV folder
                         split:str='test', # test or val
                         tta:bool|None=None, # average over `tta_views` (None: evaluation.tta)
@@ -315,10 +392,8 @@ def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a C
     "Evaluate checkpoint `path` on its test split; write report, confusion matrix, predictions."
     from torch.utils.data import DataLoader
     if split not in ('test', 'val'): raise ConfigError(f"split must be test or val, got {split!r}")
-    if format not in ('csv', 'json'):
-        raise ConfigError(f"format must be csv or json, got {format!r}")
-    min_confidence = check_min_confidence(min_confidence)
-    path = Path(path)
+    if format not in ('csv', 'json'): raise ConfigError(f'format must be csv or json: {format!r}')
+    min_confidence, path = check_min_confidence(min_confidence), Path(path)
     pred = Predictor.from_checkpoint(path, device, tta, batch_size)
     check_min_confidence(min_confidence, pred.classes)
     run = pred.run
@@ -330,6 +405,8 @@ def evaluate_checkpoint(path, # a best.pt or last.pt written by ml-train, or a C
     bar = progress_bar(dl, total=len(dl), desc=f'evaluating {split}', enabled=progress)
     raw, probs, labels = (torch.cat(t) for t in zip(*((*pred.both_probabilities(x), y)
                                                       for x, y in bar)))
+    if pred.multi_label:
+        return _evaluate_multilabel(pred, ds, raw, probs, labels, split, output, format)
     y_pred = raw.argmax(1)
     metrics = _split_metrics(pred, raw, probs, labels, min_confidence)
     tta = pred.tta

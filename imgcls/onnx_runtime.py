@@ -18,14 +18,15 @@ __all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'IMAGE_NAME', 'METADATA_JSON_KEYS', 'Exp
            'int8_full_range_safe', 'full_range_warning', 'preprocess', 'decode', 'softmax', 'top_classes',
            'ort_session', 'OnnxPredictor']
 
-# %% ../nbs/12_onnx_runtime.ipynb #85b142ac
+# %% ../nbs/12_onnx_runtime.ipynb #2a0dba18
 class ExportError(ImgclsError):
     "The export, or a check of the exported model, failed."
 
 INPUT_NAME, OUTPUT_NAME = 'input', 'logits'  # a plain model's float input, and its output
 IMAGE_NAME = 'image'  # the input of a model with the preprocessing inside
 METADATA_JSON_KEYS = ('classes', 'num_classes', 'input_size', 'resize_size', 'mean', 'std',
-                      'opset', 'temperature', 'folds')  # stored as JSON; the rest as strings
+                      'opset', 'temperature', 'folds', 'thresholds',
+                      'temperatures')  # stored as JSON; the rest as strings
 
 def require_export(*names:str) -> list:
     ("Import the export extra's modules (`onnx`, `onnxruntime`, ...), or say how to install them; "
@@ -79,7 +80,7 @@ def preprocess(img, # an image path or a PIL image
     s = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((x - m) / s)
 
-# %% ../nbs/12_onnx_runtime.ipynb #7d205e4d
+# %% ../nbs/12_onnx_runtime.ipynb #7ddcb4ae
 def decode(img, # an image path or a PIL image
           ) -> np.ndarray:
     ("`img` as a uint8 (height, width, 3) array at its own size: upright (EXIF) RGB by imgcls's "
@@ -113,6 +114,7 @@ def ort_session(src, # an .onnx path or the model's bytes
         where = 'the exported model' if isinstance(src, bytes) else str(src)
         raise ExportError(f'{where}: ONNX Runtime cannot load it ({first_line(e)})') from None
 
+# %% ../nbs/12_onnx_runtime.ipynb #530bf223
 class OnnxPredictor:
     "Classify images with an imgcls ONNX file; needs only onnxruntime, NumPy and Pillow."
     def __init__(self, src, # an .onnx path (or its bytes)
@@ -159,9 +161,21 @@ class OnnxPredictor:
                 out[[s + j for j in js]] = self.run(np.stack([xs[j] for j in js]))
         return out
 
+    @property
+    def multi_label(self) -> bool:
+        "A multi-label model? (Its output is already calibrated probabilities, one a class.)"
+        return self.meta.get('task') == 'multi_label'
+
     def calibrated(self, logits:np.ndarray) -> np.ndarray:
-        "Class probabilities from logits, calibrated by the file's temperature."
+        ("Class probabilities from the model's output, calibrated by the file's temperature "
+         "(multi-label: the output is already the calibrated sigmoids).")
+        if self.multi_label: return np.asarray(logits, np.float32)
         return softmax(logits / float(self.meta.get('temperature', 1.0)))
+
+    def label_set(self, p:np.ndarray) -> list[str]:
+        "A multi-label model's labels for probabilities `p`: those at or above their thresholds."
+        thr = self.meta.get('thresholds') or [0.5] * len(self.classes)
+        return [c for c, v, t in zip(self.classes, p.tolist(), thr) if v >= t]
 
     def probabilities(self, x:np.ndarray) -> np.ndarray:
         "Calibrated class probabilities of a batch of model inputs (`run`'s)."
@@ -181,8 +195,14 @@ class OnnxPredictor:
             raise ExportError(f'top_k must be an integer >= 1, got {top_k!r}')
         out = []
         for i, (img, p) in enumerate(zip(images, self.predict_proba(images, batch_size))):
-            top = top_classes(p, self.classes, top_k)
-            out.append({'path': f'<image {i}>' if isinstance(img, Image.Image) else str(img),
+            top, name = top_classes(p, self.classes, top_k), (
+                f'<image {i}>' if isinstance(img, Image.Image) else str(img))
+            if self.multi_label:
+                labels = self.label_set(p)
+                out.append({'path': name, 'predicted': ' '.join(labels), 'labels': labels,
+                            'probabilities': dict(zip(self.classes, p.tolist())), 'top_k': top})
+                continue
+            out.append({'path': name,
                         'predicted': top[0]['class'], 'probability': top[0]['probability'],
                         'top_k': top})
         return out

@@ -146,15 +146,19 @@ def under_fitting(cfg, # the run's config
             'weaken the augmentation (augmentation.scale, mixup, cutmix), or use a larger '
             f'model; check optimizer.lr ({o.lr:g}) with ml-lr-finder')
 
-# %% ../nbs/08b_run_files.ipynb #58fbeb5b
+# %% ../nbs/08b_run_files.ipynb #ee828a47
 def _test_with_tta(trainer, results:dict) -> dict|None:
     "With `evaluation.tta`: the test split again, averaged over the TTA views, and its report."
     views = tta_views(trainer.cfg) if trainer.cfg.evaluation.tta else None
     if not views: return None
-    results['test_tta'], tl, ty = trainer.validate('test', TTA(trainer.model, views))
+    multi = trainer.task.name == 'multi_label'
+    results['test_tta'], tl, ty = trainer.validate('test', TTA(trainer.model, views, multi))
     logger.info(f"test accuracy with TTA ({', '.join(views)}): "
                 f"{results['test_tta']['acc']:.4f} (without: {results['test']['acc']:.4f})")
-    if trainer.is_main:
+    if trainer.is_main and multi:
+        from imgcls.multilabel import write_multilabel_report
+        write_multilabel_report(trainer.run_dir, 'test_tta', results['test_tta'])
+    elif trainer.is_main:
         write_report(trainer.run_dir, 'test_tta', results['test_tta'], trainer.classes,
                      ty.numpy(), tl.argmax(1).numpy(), trainer.writer, trainer.epoch)
     return views
@@ -205,14 +209,19 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
         results[split], out[split] = res[0], res[1:]
     if 'train_eval' in trainer.dls: results['train_eval'] = trainer.validate('train_eval')[0]
     views = _test_with_tta(trainer, results)
-    calibration = _calibrate(trainer, results, out, best_path)
+    multi = trainer.task.name == 'multi_label'
+    if multi:
+        from imgcls.multilabel import calibrate_multilabel
+        calibration = calibrate_multilabel(trainer, results, out, best_path)
+    else: calibration = _calibrate(trainer, results, out, best_path)
     summary = {'run_dir': str(trainer.run_dir), 'trainer_type': trainer.trainer_type,
                'device': str(trainer.device),
                'epochs_run': trainer.epoch, 'best_epoch': trainer.best_tracker.best_epoch,
                'monitor': trainer.cfg.training.monitor,
                'best_value': trainer.best_tracker.best, 'stopped_early': stopped_early,
                'best_weights': trainer.best_weights,
-               **{split: {k: m[k] for k in ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')}
+               'task': trainer.task.name,
+               **{split: {k: m[k] for k in trainer.task.summary_keys if k in m}
                   for split, m in results.items()},  # val, test (and test_tta)
                'calibration': calibration,
                'train_time_s': round(seconds, 2),
@@ -229,8 +238,10 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
     if trainer.is_main:
         atomic_write(trainer.run_dir/'summary.json', json.dumps(summary, indent=1) + '\n')
         atomic_write(trainer.run_dir/'summary.txt', summary_text(summary))
-        logger.info(f"test accuracy {summary['test']['acc']:.4f} "
-                    f"(best epoch {summary['best_epoch']}, "
+        t = summary['test']
+        logger.info((f"test exact match {t['acc']:.4f}, macro-F1 {t['macro_f1']:.4f}, mAP "
+                     f"{t['map']:.4f} " if multi else f"test accuracy {t['acc']:.4f} ")
+                    + f"(best epoch {summary['best_epoch']}, "
                     f"{summary['train_time_s']:.0f}s); run folder {trainer.run_dir}")
         if trainer.writer is not None: trainer.writer.close()
         close_log_file(trainer.run_dir/'logs'/'train.log')
@@ -248,8 +259,9 @@ def summary_text(s:dict) -> str:
     for split in ('train_eval', 'val', 'test'):
         if split not in s: continue
         m = s[split]
-        lines.append(f"{'train (evaluation mode)' if split == 'train_eval' else split}: "
-                     f"accuracy {m['acc']:.4f}, "
+        acc = (f"exact match {m['acc']:.4f}, mAP {m['map']:.4f}, micro-F1 {m['micro_f1']:.4f}, "
+               if 'map' in m else f"accuracy {m['acc']:.4f}, ")
+        lines.append(f"{'train (evaluation mode)' if split == 'train_eval' else split}: {acc}"
                      f"balanced accuracy {m['balanced_acc']:.4f}, "
                      f"macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f} ({m['n']} images)")
     return '\n'.join(lines) + '\n'

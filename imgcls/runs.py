@@ -57,7 +57,7 @@ def find_data_dir(cfg:Config, # the run's config (its data.data_dir)
     raise DataError(f"{dd}: the run's dataset (data.data_dir) is not here, nor above {run_dir}; "
                     'pass --data_dir with its new place')
 
-# %% ../nbs/09d_runs.ipynb #19aa11d5
+# %% ../nbs/09d_runs.ipynb #44a3d08d
 @dataclass
 class Run:
     "A trained run as a command sees it: built by `load_run`."
@@ -77,6 +77,10 @@ class Run:
     def temperature(self) -> float:
         "The calibration temperature (an ensemble: 1.0, its folds' are inside it)."
         return float(self.checkpoint.get('temperature', 1.0))
+    @property
+    def multi_label(self) -> bool:
+        "Trained multi-label (a sigmoid a class; thresholds and temperatures in `multi_label`)?"
+        return self.checkpoint.get('task') == 'multi_label'
     @property
     def fingerprint(self) -> str|None:
         "The splits and images the run trained on, to notice when they change."

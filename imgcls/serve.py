@@ -164,12 +164,20 @@ class Batcher:
                     if not f.done(): f.set_exception(e)
             if self.on_batch: self.on_batch(len(items), time.perf_counter() - t)
 
-# %% ../nbs/12c_serve.ipynb #00aa40d9
+# %% ../nbs/12c_serve.ipynb #7b410225
 def _label_top(p:np.ndarray, classes:list, top_k:int, min_confidence:float) -> dict:
     top = top_classes(p, classes, top_k)
     best = top[0]['probability']
     return {'label': top[0]['class'] if best >= min_confidence else _UNKNOWN,
             'probability': best, 'top_k': top}
+
+def _label_set(pred, p:np.ndarray, top_k:int) -> dict:
+    ("A multi-label answer: `labels` at or above their thresholds, `label` the same space-"
+     "separated ('' for none), every class's probability, and the top-k.")
+    labels = pred.label_set(p)
+    return {'label': ' '.join(labels), 'labels': labels,
+            'probabilities': dict(zip(pred.classes, (float(v) for v in p))),
+            'top_k': top_classes(p, pred.classes, top_k)}
 
 def _int_param(q, name, default, low):
     v = q.get(name)
@@ -193,7 +201,7 @@ def _providers() -> list[str]:
     return (['CUDAExecutionProvider'] if 'CUDAExecutionProvider' in have else []) + [
         'CPUExecutionProvider']
 
-# %% ../nbs/12c_serve.ipynb #4926bc87
+# %% ../nbs/12c_serve.ipynb #8a300868
 class Server:
     "A model behind HTTP: `Server(src).app` is the ASGI application `ml-serve` runs on uvicorn."
     def __init__(self, src, # an .onnx file, a run folder, a checkpoint or a cross-validation folder
@@ -257,6 +265,9 @@ class Server:
                 'input_size': [h, w], 'takes_uint8': self.predictor.takes_uint8,
                 'temperature': float(self.predictor.meta.get('temperature', 1.0)),
                 'architecture': self.predictor.meta.get('architecture'),
+                'task': self.predictor.meta.get('task', 'single_label'),
+                **({'thresholds': dict(zip(self.classes, self.predictor.meta['thresholds']))}
+                   if self.predictor.multi_label else {}),
                 'max_batch': self.batcher.max_batch, 'max_upload_mb': self.max_upload / 1e6,
                 'uptime_s': round(time.time() - self.started, 1)}
 
@@ -279,6 +290,9 @@ class Server:
         finally: self.decoding -= len(files)
         probs = await asyncio.gather(*[asyncio.wrap_future(self.batcher.submit(x)) for x in xs])
         self.m_images.inc(len(files))
+        if self.predictor.multi_label:
+            return [{'file': n, **_label_set(self.predictor, p, top_k)}
+                    for (n, _), p in zip(files, probs)]
         return [{'file': n, **_label_top(p, self.classes, top_k, min_confidence)}
                 for (n, _), p in zip(files, probs)]
 

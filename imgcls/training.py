@@ -19,9 +19,9 @@ from .models import head_names
 __all__ = ['MONITOR_MODE', 'MONITOR_KEY', 'RESUME_REFUSED', 'TASKS', 'EVENTS', 'TrainingError', 'TrainingInterrupted',
            'get_device', 'cpu_supports_bf16', 'autocast_dtype', 'criterion_kwargs', 'build_criterion', 'layer_depths',
            'optimizer_kwargs', 'build_optimizer', 'LRSchedule', 'scheduler_kwargs', 'lr_schedule', 'build_scheduler',
-           'replan_schedule', 'EarlyStopping', 'not_learning', 'resume_changes', 'SingleLabel', 'get_task',
-           'CancelBatch', 'Callback', 'callback_events', 'load_callbacks', 'make_mixer', 'ModelEMA', 'last_linear',
-           'capture_input', 'probe_head', 'body_features', 'FeatureDataset', 'probe_loaders']
+           'replan_schedule', 'EarlyStopping', 'not_learning', 'resume_changes', 'SingleLabel', 'dataset_task',
+           'get_task', 'CancelBatch', 'Callback', 'callback_events', 'load_callbacks', 'make_mixer', 'ModelEMA',
+           'last_linear', 'capture_input', 'probe_head', 'body_features', 'FeatureDataset', 'probe_loaders']
 
 # %% ../nbs/08a_training.ipynb #a9be47c8
 class TrainingError(ImgclsError):
@@ -253,11 +253,11 @@ def replan_schedule(scheduler, optimizer, steps_per_epoch:int,
     for g, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         g['lr'] = base * f(step)
 
-# %% ../nbs/08a_training.ipynb #5b7ef337
+# %% ../nbs/08a_training.ipynb #7d253ae5
 MONITOR_MODE = {'val_acc': 'max', 'val_loss': 'min', 'macro_f1': 'max', 'balanced_acc': 'max',
-                None: 'last'}   # null: best.pt is the last epoch
+                'val_map': 'max', 'val_f1': 'max', None: 'last'}   # null: best.pt is the last epoch
 MONITOR_KEY = {'val_acc': 'acc', 'val_loss': 'loss', 'macro_f1': 'macro_f1',
-                'balanced_acc': 'balanced_acc', None: 'acc'}
+                'balanced_acc': 'balanced_acc', 'val_map': 'map', 'val_f1': 'macro_f1', None: 'acc'}
 
 class EarlyStopping:
     ("Tracks the best value of a metric (`mode` max or min; last: every epoch is the best); "
@@ -291,7 +291,7 @@ class EarlyStopping:
     def state_dict(self) -> dict: return dict(vars(self))
     def load_state_dict(self, d:dict): vars(self).update(d)
 
-# %% ../nbs/08a_training.ipynb #e85051aa
+# %% ../nbs/08a_training.ipynb #3a48f4b6
 def not_learning(cfg:Config, # the run's config
                  row:dict, # the epoch's history row (`epoch`, `val_balanced_acc`)
                  targets, # the training labels
@@ -301,10 +301,12 @@ def not_learning(cfg:Config, # the run's config
                 ) -> str|None:
     "The warning for a run still near chance at 40% of its epochs, or None."
     E, k = num_epochs or cfg.training.num_epochs, num_classes
-    if E < 4 or row['epoch'] != max(2, math.ceil(0.4 * E)) or k < 2: return None
-    chance, v = 1 / k, row['val_balanced_acc']
+    multi = bool(targets) and isinstance(targets[0], tuple)   # multi-label: per-class balanced acc
+    if E < 4 or row['epoch'] != max(2, math.ceil(0.4 * E)) or (k < 2 and not multi): return None
+    chance, v = 0.5 if multi else 1 / k, row['val_balanced_acc']
     if v >= chance + 0.1 * (1 - chance): return None
-    counts = torch.bincount(torch.as_tensor(targets), minlength=k)
+    flat = [c for y in targets for c in y] if multi else targets
+    counts = torch.bincount(torch.as_tensor(flat, dtype=torch.long), minlength=k)
     a = cfg.augmentation
     aug = ', '.join(f'{n} {getattr(a, n)}' for n in ('scale', 'rotation', 'color_jitter',
                     'random_erasing', 'policy') if getattr(a, n) not in (0, 0.0, 'none'))
@@ -339,13 +341,19 @@ def resume_changes(old:dict, # the config in the checkpoint being resumed
                           '--force_resume to try anyway')
     return what(changed)
 
-# %% ../nbs/08a_training.ipynb #bcb7a629
+# %% ../nbs/08a_training.ipynb #6387f056
 class SingleLabel:
     "One class an image: softmax cross-entropy, argmax predictions, `compute_metrics`."
     name = 'single_label'
 
+    summary_keys = ('acc', 'balanced_acc', 'macro_f1', 'loss', 'n')   # what summary.json keeps
+
     def criterion_kwargs(self, cfg:Config) -> dict:
         "The loss's settings from the config (read once, when the trainer is set up)."
+        if cfg.loss.type in ('bce', 'asl'):
+            raise ConfigError(f'loss.type {cfg.loss.type} is a multi-label loss, and this set has '
+                              'one label an image: use auto or cross_entropy, or set '
+                              'data.multi_label: true to train a sigmoid a class')
         return criterion_kwargs(cfg)
 
     def criterion(self, targets:list[int], num_classes:int, device='cpu', **kw) -> nn.Module:
@@ -366,8 +374,13 @@ class SingleLabel:
 
 TASKS = {'single_label': SingleLabel}
 
+def dataset_task(ds) -> str:
+    "The task a dataset is for: `multi_label` when its targets are multi-hot, else `single_label`."
+    return 'multi_label' if getattr(ds, 'multi_label', False) else 'single_label'
+
 def get_task(name:str='single_label'):
-    "The task object of `name` (a key of `TASKS`)."
+    "The task object of `name` (a key of `TASKS`; `multi_label` is `imgcls.multilabel`'s)."
+    if name == 'multi_label': import imgcls.multilabel  # noqa: F401  (registers it)
     if name not in TASKS:
         raise ConfigError(f"task '{name}' is not one of {', '.join(TASKS)}")
     return TASKS[name]()

@@ -1,0 +1,150 @@
+"""A multi-label folder (images below raw/, labels.csv beside it) through the console commands as a
+user runs them: ml-split, the one command ml-train --data, ml-inference on the test split and on
+--images, ml-export and ONNX Runtime, ml-serve, and cross-validation with --fold all."""
+from __future__ import annotations
+import csv
+import http.client
+import json
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_clean_error, assert_ok, command, env, run, run_py
+
+
+def _sample(root: Path, n: int = 300, size: int = 32) -> Path:
+    run_py('import sys; from imgcls.labels import make_multilabel_sample; '
+           'make_multilabel_sample(sys.argv[1], n_images=int(sys.argv[2]), size=int(sys.argv[3]))',
+           root, 'data/mos', str(n), str(size))
+    return root / 'data' / 'mos'
+
+
+def _rows(path: Path) -> dict:
+    with open(path, newline='') as f: return {r['path']: r for r in csv.DictReader(f)}
+
+
+def _macro_f1(truth: dict, predicted: dict, classes: list) -> float:
+    "Macro-F1 of label sets (image -> set of labels), as a scorer of the CSV would compute it."
+    f1 = []
+    for c in classes:
+        tp = sum(c in truth[k] and c in predicted[k] for k in truth)
+        fp = sum(c not in truth[k] and c in predicted[k] for k in truth)
+        fn = sum(c in truth[k] and c not in predicted[k] for k in truth)
+        f1.append(2 * tp / max(2 * tp + fp + fn, 1))
+    return sum(f1) / len(f1)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One multi-label run made by the one command, on digit mosaics (1-3 digits a picture)."
+    root = tmp_path_factory.mktemp('multilabel')
+    ds = _sample(root)
+    res = run(['ml-train', '--data', 'data/mos', '--num_epochs', '12'], root, timeout=900)
+    assert_ok(res)
+    m = re.search(r'run folder: (\S+)', res.stdout)
+    return root, ds, root / m.group(1), res
+
+
+def test_one_command_trains_a_multilabel_folder(trained):
+    root, ds, run_dir, res = trained
+    assert 'multi-label' in res.stdout and 'macro-F1' in res.stdout, res.stdout
+    manifest = json.loads((ds / 'splits' / 'manifest.json').read_text())
+    assert manifest['multi_label'] and manifest['labels_file']['label_column'] == 'labels'
+    s = json.loads((run_dir / 'summary.json').read_text())
+    assert s['task'] == 'multi_label'
+    for k in ('macro_f1', 'micro_f1', 'map', 'exact_match'): assert 0 <= s['test'][k] <= 1
+    assert set(s['calibration']['thresholds']) == {f'd{i}' for i in range(10)}
+    cfg = (root / 'configs' / 'mos_config.yaml').read_text()
+    assert re.search(r'^  multi_label: true', cfg, re.M) and re.search(r'^  type: bce', cfg, re.M)
+    report = (run_dir / 'logs' / 'classification_report_test.txt').read_text()
+    assert 'mAP' in report and 'threshold' in report
+
+
+def test_inference_csv_scores_like_the_report(trained):
+    "--images gives path, predicted (space-separated) and p_<class>; scored as a user would."
+    root, ds, run_dir, _ = trained
+    test = [ln.split('\t') for ln in (ds / 'splits' / 'test.txt').read_text().splitlines()]
+    out = root / 'preds.csv'
+    assert_ok(run(['ml-inference', '--checkpoint_path', str(run_dir), '--images',
+                   *[str(ds / p) for p, _ in test], '--output', str(out)], root))
+    rows = _rows(out)
+    head = next(csv.reader(out.open()))
+    assert head[:2] == ['path', 'predicted'] and head[2:] == [f'p_d{i}' for i in range(10)]
+    truth = {str(ds / p): set(labs.split()) for p, labs in test}
+    pred = {k: set(r['predicted'].split()) for k, r in rows.items()}
+    f1 = _macro_f1(truth, pred, [f'd{i}' for i in range(10)])
+    s = json.loads((run_dir / 'summary.json').read_text())
+    assert abs(f1 - s['test']['macro_f1']) < 1e-6, (f1, s['test']['macro_f1'])
+    assert f1 > 0.8, f1   # 12 short epochs on 190 training images: far above chance (~0.2)
+    assert_ok(res := run(['ml-inference', '--checkpoint_path', str(run_dir)], root))
+    assert f"macro-F1 {s['test']['macro_f1']:.4f}" in res.stdout, res.stdout
+    ev = _rows(run_dir / 'predictions_test.csv')
+    assert ({Path(k).name: set(r['true'].split()) for k, r in ev.items()}
+            == {Path(p).name: set(labs.split()) for p, labs in test})
+    res = run(['ml-inference', '--checkpoint_path', str(run_dir), '--images', str(ds / test[0][0]),
+               '--min_confidence', '0.5'], root)
+    assert_clean_error(res, 'multi-label', 'thresholds')
+
+
+def test_onnx_and_serve_give_the_same_label_sets(trained, tmp_path):
+    root, ds, run_dir, _ = trained
+    res = run(['ml-export', '--checkpoint', str(run_dir), '--comprehensive_validate'], root,
+              timeout=600)
+    assert_ok(res)
+    assert 'label-set agreement 100.00%' in res.stdout and 'test macro-F1' in res.stdout, res.stdout
+    onnx = run_dir / 'weights' / 'best.onnx'
+    images = sorted((ds / 'raw').glob('*.png'))[:40]
+    out = tmp_path / 'p.csv'
+    assert_ok(run(['ml-inference', '--checkpoint_path', str(run_dir), '--images',
+                   *map(str, images), '--output', str(out)], root))
+    torch_sets = {Path(k).name: r['predicted'] for k, r in _rows(out).items()}
+    res = run_py('import json, sys; from imgcls.onnx_runtime import OnnxPredictor\n'
+                 'p = OnnxPredictor(sys.argv[1]); print(json.dumps({"meta": p.meta, "preds": '
+                 'p.predict(sys.argv[2:])}))', root, str(onnx), *map(str, images))
+    assert_ok(res)
+    got = json.loads(res.stdout)
+    assert got['meta']['task'] == 'multi_label' and len(got['meta']['thresholds']) == 10
+    assert {Path(q['path']).name: q['predicted'] for q in got['preds']} == torch_sets
+    proc = subprocess.Popen([command('ml-serve'), str(onnx), '--port', '0'], cwd=root, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r'http://127\.0\.0\.1:(\d+)', proc.stdout.readline()).group(1))
+        body, boundary = b'', uuid.uuid4().hex
+        for im in images[:5]:
+            body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                     f'filename="{im.name}"\r\nContent-Type: image/png\r\n\r\n').encode()
+            body += im.read_bytes() + b'\r\n'
+        body += f'--{boundary}--\r\n'.encode()
+        c = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+        c.request('POST', '/predict', body,
+                  {'Content-Type': f'multipart/form-data; boundary={boundary}'})
+        answer = json.loads(c.getresponse().read())
+        c.request('GET', '/health')
+        health = json.loads(c.getresponse().read())
+    finally:
+        proc.terminate(); proc.wait(30)
+    assert health['task'] == 'multi_label'
+    assert set(health['thresholds']) == set(got['meta']['classes'])
+    for a in answer['predictions']:
+        assert a['label'] == torch_sets[a['file']] and a['labels'] == a['label'].split()
+        assert len(a['probabilities']) == 10
+
+
+def test_cross_validation_of_a_multilabel_folder(tmp_path):
+    ds = _sample(tmp_path, n=160)
+    assert_ok(run(['ml-split', '--raw_data', str(ds / 'raw'), '--folds', '2'], tmp_path))
+    assert_ok(run(['ml-init-config', str(ds)], tmp_path))
+    res = run(['ml-train', '--config', 'configs/mos_config.yaml', '--fold', 'all',
+               '--num_epochs', '2'], tmp_path, timeout=900)
+    assert_ok(res)
+    cv = next((tmp_path / 'runs').glob('*_cv'))
+    rep = json.loads((cv / 'cv_report.json').read_text())
+    assert rep['folds'] == 2 and 'map' in rep['ensemble_test'] and 'map' in rep['oof']
+    head = next(csv.reader((cv / 'ensemble_test_predictions.csv').open()))
+    assert head[:3] == ['path', 'true', 'predicted']
+    res = run(['ml-inference', '--checkpoint_path', str(cv)], tmp_path)
+    assert_ok(res)
+    assert f"macro-F1 {rep['ensemble_test']['macro_f1']:.4f}" in res.stdout, res.stdout
