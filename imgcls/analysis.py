@@ -23,7 +23,7 @@ from .inference import Predictor
 from .training import capture_input, last_linear
 
 # %% auto #0
-__all__ = ['last_conv', 'gradcam', 'Interpretation', 'label_issues', 'analyze']
+__all__ = ['last_conv', 'gradcam', 'Interpretation', 'label_issues', 'multilabel_issues', 'multilabel_analysis', 'analyze']
 
 # %% ../nbs/14a_analysis.ipynb #682903cb
 def last_conv(model:nn.Module) -> nn.Module:
@@ -80,7 +80,7 @@ def _blend(x:torch.Tensor, cam:torch.Tensor, cfg:Config) -> np.ndarray:
                                         align_corners=False)[0, 0].numpy()
     return (0.55 * img + 0.45 * matplotlib.colormaps['jet'](h)[..., :3]).clip(0, 1)
 
-# %% ../nbs/14a_analysis.ipynb #0f399cb7
+# %% ../nbs/14a_analysis.ipynb #c26b3e6c
 class Interpretation:
     "What a trained model gets wrong on one split: losses, confusions, outliers, label issues."
     def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
@@ -103,7 +103,11 @@ class Interpretation:
         from torch.utils.data import DataLoader, Subset
         if split not in ('test', 'val'):
             raise DataError(f"split must be test or val, got {split!r}")
-        pred = Predictor.from_checkpoint(path, device, tta=False)
+        pred = (path if isinstance(path, Predictor) else
+                Predictor.from_checkpoint(path, device, tta=False))
+        if pred.multi_label:
+            raise DataError(f'{path}: a multi-label run; its confusions are a label at a time: '
+                            '`analyze` (ml-analyze) reports them (`multilabel_analysis`)')
         ds = pred.run.dataset(split, data_dir)
         idx = list(range(len(ds)))[:max_images]
         model = pred.model.models[0] if pred.run.cv else pred.model  # an ensemble: fold 0's
@@ -281,7 +285,7 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     ui.picks, ui.save = picks, _save   # for scripts and tests
     return ui
 
-# %% ../nbs/14a_analysis.ipynb #ce454e74
+# %% ../nbs/14a_analysis.ipynb #5c44429b
 _CSS = ('body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}'
         'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
         '.grid{display:flex;flex-wrap:wrap;gap:10px}.card{font-size:12px;width:110px}'
@@ -300,6 +304,78 @@ def _table(header, rows) -> str:
 
 def _uri(a:np.ndarray) -> str: return _thumb(Image.fromarray((a * 255).astype(np.uint8)))
 
+# %% ../nbs/14a_analysis.ipynb #be53f191
+def multilabel_issues(cv_dir, # a multi-label cross-validation folder
+                      classes:list) -> list[dict]:
+    ("Images whose label set is probably wrong, from the out-of-fold probabilities "
+     "(cleanlab's multi-label `find_label_issues`), worst first.")
+    cl = require('cleanlab.multilabel_classification.filter', what='label issues',
+                 extra='analysis', error=DataError)[0]
+    with open(Path(cv_dir)/'oof_predictions.csv', newline='') as f: rows = list(csv.DictReader(f))
+    probs = np.array([[float(r[f'p_{c}']) for c in classes] for r in rows])
+    given = [[classes.index(c) for c in r['true'].split()] for r in rows]
+    ranked = cl.find_label_issues(labels=given, pred_probs=probs,
+                                  return_indices_ranked_by='self_confidence')
+    return [{'path': rows[i]['path'], 'given': rows[i]['true'], 'predicted': rows[i]['predicted']}
+            for i in ranked]
+
+def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images:int|None=None,
+                        data_dir=None, progress:bool|None=None) -> dict:
+    ("`analyze` of a multi-label run: per-class missed and spurious labels, the labels' "
+     "co-occurrence, the images of the largest losses, and (a CV folder) label-issue candidates.")
+    from torch.utils.data import DataLoader, Subset
+    from imgcls.multilabel import multilabel_metrics
+    ds = pred.run.dataset(split, data_dir)
+    idx = list(range(len(ds)))[:max_images]
+    probs, labels = [], []
+    for x, y in progress_bar(DataLoader(Subset(ds, idx), batch_size=64), desc=f'scoring {split}',
+                             enabled=progress):
+        probs.append(pred.both_probabilities(x)[1]); labels.append(y)
+    p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy() > 0.5
+    thr, classes = pred.thresholds.numpy(), pred.classes
+    on = p >= thr
+    loss = -(y * np.log(np.clip(p, 1e-7, 1)) + ~y * np.log(np.clip(1 - p, 1e-7, 1))).sum(1)
+    names = lambda row: ' '.join(c for c, b in zip(classes, row) if b)
+    m = multilabel_metrics(y, p, classes, thr)
+    res = {'run': str(pred.run.run_dir), 'split': split, 'n': len(idx), 'classes': classes,
+           'task': 'multi_label',
+           'metrics': {k: m[k] for k in ('acc', 'macro_f1', 'micro_f1', 'map')},
+           'per_class': {c: {**m['per_class'][c], 'missed': int((y[:, i] & ~on[:, i]).sum()),
+                             'spurious': int((~y[:, i] & on[:, i]).sum())}
+                         for i, c in enumerate(classes)},
+           'co_occurrence': (y.T.astype(int) @ y.astype(int)).tolist(),
+           'top_losses': [{'path': str(ds.path(idx[i])), 'true': names(y[i]),
+                           'predicted': names(on[i]), 'loss': float(loss[i])}
+                          for i in np.argsort(-loss)[:top]]}
+    res['most_missed'] = sorted(classes, key=lambda c: -res['per_class'][c]['missed'])[:5]
+    res['most_spurious'] = sorted(classes, key=lambda c: -res['per_class'][c]['spurious'])[:5]
+    out, res['label_issues'] = pred.run.run_dir/'analysis', None
+    out.mkdir(parents=True, exist_ok=True)
+    if pred.run.cv:   # every candidate in label_issues.csv; the report shows `top`
+        issues = multilabel_issues(pred.run.path, classes)
+        res['label_issues'], res['label_issues_found'] = issues[:top], len(issues)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, ['path', 'given', 'predicted'])
+        w.writeheader(); w.writerows(issues)
+        res['label_issues_file'] = str(atomic_write(out/'label_issues.csv', buf.getvalue()))
+    atomic_write(out/'analysis.json', json.dumps(res, indent=1) + '\n')
+    rows = [[c, r['support'], r['missed'], r['spurious'], f"{r['f1']:.4f}"]
+            for c, r in res['per_class'].items()]
+    page = (f"<h1>{html.escape(res['run'])}: {split}, {len(idx)} images (multi-label)</h1>"
+            f"<p>exact match {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}, mAP {m['map']:.4f}</p>"
+            + _table(['label', 'images', 'missed', 'spurious', 'F1'], rows)
+            + '<h2>Largest losses</h2>'
+            + _table(['path', 'true', 'predicted', 'loss'],
+                     [[r['path'], r['true'], r['predicted'], f"{r['loss']:.3f}"]
+                      for r in res['top_losses']]))
+    atomic_write(out/'report.html', f'<!doctype html><meta charset="utf-8">{page}')
+    res['report'] = str(out/'report.html')
+    logger.info(f"analysis of {res['run']} ({split}, {len(idx)} images): macro-F1 "
+                f"{m['macro_f1']:.4f}; most missed {', '.join(res['most_missed'][:3])}; report "
+                f"{out/'report.html'}")
+    return res
+
+# %% ../nbs/14a_analysis.ipynb #a1e2c657
 def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
             split:str='test', # test or val
             top:int=16, # images in each grid (top losses, heatmaps, label issues, outliers)
@@ -312,7 +388,10 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
     if not (isinstance(top, int) and top >= 1): raise DataError(f'--top must be >= 1, got {top}')
     if max_images is not None and not (isinstance(max_images, int) and max_images >= 1):
         raise DataError(f'--max_images must be >= 1, got {max_images}')
-    it = Interpretation.from_run(path, split, max_images, data_dir, device, progress)
+    pred = Predictor.from_checkpoint(path, device, tta=False)
+    if pred.multi_label:
+        return multilabel_analysis(pred, split, top, max_images, data_dir, progress)
+    it = Interpretation.from_run(pred, split, max_images, data_dir, device, progress)
     issues = it.label_issues() if it.run.cv else None   # all of them; the report shows `top`
     classes, run_dir = it.classes, it.run.run_dir
     metrics = compute_metrics(it.labels.numpy(), it.preds.numpy(), classes)

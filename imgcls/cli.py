@@ -305,7 +305,7 @@ def inference_command(
 # %% ../nbs/90_cli.ipynb #2916972d
 def ml_inference(argv=None): return run_cli(inference_command, 'ml-inference', argv)
 
-# %% ../nbs/90_cli.ipynb #0bbd5577
+# %% ../nbs/90_cli.ipynb #6368960a
 def analyze_command(
     run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validation folder
     split:str='test', # the split to analyse: test or val
@@ -321,10 +321,16 @@ def analyze_command(
     setup_logging()
     r = _analyze(run, split, top, max_images, data_dir, device)
     m, worst = r['metrics'], r['top_losses'][:1]
-    print(f"{split}: {r['n']} images, accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}; "
-          f"{len(r['most_confused'])} confused class pair(s)"
-          + (f"; top loss {worst[0]['path']} ({worst[0]['true']} taken for "
-             f"{worst[0]['predicted']})" if worst else ''))
+    if r.get('task') == 'multi_label':
+        print(f"{split}: {r['n']} images, exact match {m['acc']:.4f}, macro-F1 "
+              f"{m['macro_f1']:.4f}, mAP {m['map']:.4f}; most missed labels "
+              f"{', '.join(r['most_missed'][:3])}, most spurious "
+              f"{', '.join(r['most_spurious'][:3])}")
+    else:
+        print(f"{split}: {r['n']} images, accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}; "
+              f"{len(r['most_confused'])} confused class pair(s)"
+              + (f"; top loss {worst[0]['path']} ({worst[0]['true']} taken for "
+                 f"{worst[0]['predicted']})" if worst else ''))
     if r['label_issues'] is not None:
         print(f"{r['label_issues_found']} label issue candidate(s) found in the out-of-fold "
               f"predictions; the report shows the first {len(r['label_issues'])}, all of them are "

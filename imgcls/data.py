@@ -340,7 +340,7 @@ def get_dataloaders(cfg:Config, # the resolved configuration
     if batch_size: kw['batch_size'] = batch_size
     return make_dataloaders(datasets, **kw)
 
-# %% ../nbs/05_data.ipynb #2a703859
+# %% ../nbs/05_data.ipynb #3d58ef55
 def denormalize(x:torch.Tensor, mean, std) -> torch.Tensor:
     "Undo `Normalize`: back to 0..1 for display."
     m = torch.tensor(mean).view(-1, 1, 1); s = torch.tensor(std).view(-1, 1, 1)
@@ -363,6 +363,8 @@ def show_batch(ds:IndexedImageDataset, # a dataset (augmented if it is the train
     for ax, i in zip(axs.flat, idx):
         x, y = ds[i]
         x = denormalize(x, mean, std) if x.dtype.is_floating_point else x.float() / 255
-        ax.imshow(x.permute(1, 2, 0).numpy()); ax.set_title(ds.classes[y], fontsize=9)
+        title = (' '.join(c for c, v in zip(ds.classes, y.tolist()) if v) or '(none)'
+                 if ds.multi_label else ds.classes[y])   # multi-label: the image's label set
+        ax.imshow(x.permute(1, 2, 0).numpy()); ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

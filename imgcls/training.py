@@ -462,7 +462,7 @@ class ModelEMA:
     def load_state_dict(self, d:dict):
         self.module.load_state_dict(d['model']); self.updates = d['updates']
 
-# %% ../nbs/08a_training.ipynb #3b94d5af
+# %% ../nbs/08a_training.ipynb #a306db23
 def last_linear(model:nn.Module) -> nn.Linear|None:
     "The last `nn.Linear` of `model` (its classifier, in every model imgcls builds), or None."
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -516,11 +516,16 @@ def body_features(model:nn.Module, head:nn.Linear, loader, device,
 class FeatureDataset(torch.utils.data.Dataset):
     "Cached body features and their labels: what a linear probe trains and validates on."
     def __init__(self, feats:torch.Tensor, labels:torch.Tensor, classes:list):
-        self.feats, self.labels, self.classes = feats, labels.long(), list(classes)
+        self.multi_label = labels.ndim == 2   # multi-hot rows: a multi-label set
+        self.feats, self.classes = feats, list(classes)
+        self.labels = labels.float() if self.multi_label else labels.long()
     def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return self.feats[i], int(self.labels[i])
+    def __getitem__(self, i):
+        return self.feats[i], self.labels[i] if self.multi_label else int(self.labels[i])
     @property
-    def targets(self) -> list[int]: return self.labels.tolist()
+    def targets(self) -> list:
+        if self.multi_label: return [tuple(r.nonzero().flatten().tolist()) for r in self.labels]
+        return self.labels.tolist()
 
 def probe_loaders(model:nn.Module, # the model, its body frozen
                   datasets:dict, # `get_datasets`' train and val

@@ -16,7 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 DOCS_NBS = ['index.ipynb', '15_config_reference.ipynb', 'tutorials/01_own_images.ipynb',
-            'tutorials/02_crossval_search.ipynb', 'tutorials/03_production.ipynb']
+            'tutorials/02_crossval_search.ipynb', 'tutorials/03_production.ipynb',
+            'tutorials/05_multilabel.ipynb']
 
 
 def _yaml(name: str) -> dict:
