@@ -375,7 +375,7 @@ def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images
                 f"{out/'report.html'}")
     return res
 
-# %% ../nbs/14a_analysis.ipynb #a1e2c657
+# %% ../nbs/14a_analysis.ipynb #529a7cfe
 def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
             split:str='test', # test or val
             top:int=16, # images in each grid (top losses, heatmaps, label issues, outliers)
@@ -388,6 +388,7 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
     if not (isinstance(top, int) and top >= 1): raise DataError(f'--top must be >= 1, got {top}')
     if max_images is not None and not (isinstance(max_images, int) and max_images >= 1):
         raise DataError(f'--max_images must be >= 1, got {max_images}')
+    if split not in ('test', 'val'): raise DataError(f"split must be test or val, got {split!r}")
     pred = Predictor.from_checkpoint(path, device, tta=False)
     if pred.multi_label:
         return multilabel_analysis(pred, split, top, max_images, data_dir, progress)

@@ -497,7 +497,7 @@ def _expected_time(cfg, steps:int, num_classes:int) -> str:
     when = f'{total / 60:.0f} min' if total >= 90 else f'{total:.0f} s'
     return f'; about {when} on this machine ({t:.3g} s a step, measured)'
 
-# %% ../nbs/09e_autoconfig.ipynb #1e232bc2
+# %% ../nbs/09e_autoconfig.ipynb #8ff278ab
 def _filled_template(values:dict, optuna:bool) -> str:
     "The template from `seed:` on, `values` (key -> (value, why)) set; `search:` only for `optuna`."
     text = template_text()
@@ -561,7 +561,8 @@ def init_config(data_dir, # data/NAME, holding raw/<class>/<image>
         values.update({k: (v, None) for k, v in {
             'search.study_name': f'{name}_search',
             'search.storage': f'sqlite:///runs/optuna_studies/{name}.db',
-            'search.n_trials': 20, 'search.pruner.n_warmup_steps': 3}.items()})
+            'search.n_trials': 20, 'search.pruner.n_warmup_steps': 3,
+            **({'search.metric': 'val_map'} if info.get('multi_label') else {})}.items()})
     text = _filled_template(values, optuna)
     w, h = info['median_size']
     vals = {k: v for k, (v, _) in values.items()}

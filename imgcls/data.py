@@ -193,7 +193,7 @@ class IndexedImageDataset(Dataset):
     def nbytes(self) -> int:
         return sum(t.numel() for t in self.cache) if self.cache is not None else 0
 
-# %% ../nbs/05_data.ipynb #0aa3248c
+# %% ../nbs/05_data.ipynb #5dddb843
 def _use_cache(cfg:Config, n:int) -> bool:
     mode = cfg.data.cache
     if mode in ('none', 'memory'): return mode == 'memory'
@@ -205,7 +205,7 @@ def is_multi_label(cfg:Config, # the resolved configuration (`data.multi_label`)
                   ) -> bool:
     ("Is the run multi-label: the splits say so (a labels file with rows of several labels or "
      "none), or `data.multi_label: true` (a single-label set trained as one, a sigmoid a class)?")
-    asked, found = cfg.data.multi_label, bool(manifest.get('multi_label'))
+    asked, found = cfg.data.get('multi_label'), bool(manifest.get('multi_label'))
     if asked is False and found:
         raise ConfigError(f'data.multi_label is false, but {cfg.data.data_dir} is multi-label (its '
                           f'{LABELS_FILE} has rows of several labels or none): set it to null or '

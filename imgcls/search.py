@@ -237,7 +237,7 @@ def open_study(storage, # from `open_storage`
     else: logger.info(f"created study '{study_name}' in {shown}")
     return study
 
-# %% ../nbs/13a_search.ipynb #099fbfd3
+# %% ../nbs/13a_search.ipynb #9a4ebc99
 class PruningCallback(Callback):
     "Report `search.metric` each epoch; raise `optuna.TrialPruned` when the pruner says so."
     def __init__(self, trial, # the Optuna trial
@@ -246,6 +246,9 @@ class PruningCallback(Callback):
         self.trial, self.metric, self.pruned_at = trial, metric, None
 
     def after_epoch(self, trainer, row:dict):
+        if SEARCH_METRICS[self.metric] not in row:   # val_map: a multi-label run's
+            raise ConfigError(f'search.metric {self.metric} is for multi-label sets; this one has '
+                              'one label an image: use val_acc or macro_f1')
         v, epoch = row[SEARCH_METRICS[self.metric]], row['epoch']
         if not math.isfinite(v): return
         self.trial.report(v, epoch)

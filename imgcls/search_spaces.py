@@ -103,9 +103,10 @@ def _check_optimizer_keys(cfg, space:dict, source:str):
                           f'optimizer.type {opt} does not use, so its trials would differ in '
                           'nothing: remove it from the space (or search optimizer.type too)')
 
-# %% ../nbs/13_search_spaces.ipynb #bcf547e0
+# %% ../nbs/13_search_spaces.ipynb #aa214965
 SEARCH_METRICS = {'val_acc': 'val_acc', 'val_loss': 'val_loss', 'macro_f1': 'val_macro_f1',
-                  'balanced_acc': 'val_balanced_acc'}  # search.metric -> the history column
+                  'balanced_acc': 'val_balanced_acc', 'val_f1': 'val_macro_f1',
+                  'val_map': 'val_map'}  # search.metric -> the history column
 
 def suggest_params(trial, # an Optuna trial
                    space:dict, # from `check_search_space`

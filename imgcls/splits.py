@@ -22,7 +22,7 @@ __all__ = ['SPLITS', 'MANIFEST', 'NEAR_DUP_DISTANCE', 'NEAR_DUP_SIMILARITY', 'sp
            'near_duplicate_pairs', 'label_text', 'split_label_counts', 'SplitResult', 'make_splits', 'read_index',
            'read_manifest', 'check_splits', 'load_split', 'index_items']
 
-# %% ../nbs/03_splits.ipynb #e54669ce
+# %% ../nbs/03_splits.ipynb #3c7da886
 SPLITS = 'splits'
 MANIFEST = 'manifest.json'
 
@@ -62,8 +62,8 @@ def _check_class_sizes(counts:dict, folds:int, raw_dir,
         what = (f'{need} left after the test set is drawn' if after_test else
                 f'{need}: one for the test set and {need - 1} for {folds} fold(s)')
         k = small[0][0] - (need - folds - 1 if folds > 1 else 0) - 1   # folds the rarest allows
-        fix = (f'--folds {k} would do' if 2 <= k < folds else 'no fold count would do: add '
-               'images of it' if k < 2 or folds == 1 else 'use fewer --folds')
+        fix = (f'--folds {k} would do' if 2 <= k < folds else 'no number of --folds would do: '
+               'add images of it' if k < 2 or folds == 1 else 'use fewer --folds')
         raise DataError(f'{raw_dir}: too few images for {folds} fold(s) plus a test set: class '
                         f'{lst}{more}; each class needs at least {what} ({fix}, a smaller '
                         '--test_ratio, or add images)')

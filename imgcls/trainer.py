@@ -508,7 +508,7 @@ def full_validation(self:BaseTrainer):
     "`validate('val')` over the whole split, whatever `training.limit_val_batches` says."
     return self.validate('val', full=True)
 
-# %% ../nbs/09_trainer.ipynb #cdf235fc
+# %% ../nbs/09_trainer.ipynb #1efc7932
 @patch
 def fit(self:BaseTrainer) -> dict:
     "Train for the planned epochs (continuing a resumed run), then the test report; the summary."
@@ -557,6 +557,7 @@ def _end_epoch(self:BaseTrainer, tr:dict, started:float):
     self.row = {'epoch': self.epoch + 1, 'train_loss': tr['loss'], 'train_acc': tr['acc'],
                 'val_loss': val['loss'], 'val_acc': val['acc'], 'val_macro_f1': val['macro_f1'],
                 'val_balanced_acc': val['balanced_acc'],
+                **({'val_map': val['map']} if 'map' in val else {}),   # multi-label
                 'lr': self.optimizer.param_groups[-1]['lr'],   # the head's: optimizer.lr's
                 'time_s': None}   # once the callbacks' validation (the EMA's) is done
     self('after_validate')

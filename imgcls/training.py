@@ -341,7 +341,7 @@ def resume_changes(old:dict, # the config in the checkpoint being resumed
                           '--force_resume to try anyway')
     return what(changed)
 
-# %% ../nbs/08a_training.ipynb #6387f056
+# %% ../nbs/08a_training.ipynb #892ea072
 class SingleLabel:
     "One class an image: softmax cross-entropy, argmax predictions, `compute_metrics`."
     name = 'single_label'
@@ -350,7 +350,7 @@ class SingleLabel:
 
     def criterion_kwargs(self, cfg:Config) -> dict:
         "The loss's settings from the config (read once, when the trainer is set up)."
-        if cfg.loss.type in ('bce', 'asl'):
+        if cfg.loss.get('type', 'auto') in ('bce', 'asl'):
             raise ConfigError(f'loss.type {cfg.loss.type} is a multi-label loss, and this set has '
                               'one label an image: use auto or cross_entropy, or set '
                               'data.multi_label: true to train a sigmoid a class')
@@ -379,8 +379,7 @@ def dataset_task(ds) -> str:
     return 'multi_label' if getattr(ds, 'multi_label', False) else 'single_label'
 
 def get_task(name:str='single_label'):
-    "The task object of `name` (a key of `TASKS`; `multi_label` is `imgcls.multilabel`'s)."
-    if name == 'multi_label': import imgcls.multilabel  # noqa: F401  (registers it)
+    "The task object of `name` (a key of `TASKS`; `imgcls.multilabel` adds `multi_label`)."
     if name not in TASKS:
         raise ConfigError(f"task '{name}' is not one of {', '.join(TASKS)}")
     return TASKS[name]()
