@@ -80,7 +80,7 @@ def _blend(x:torch.Tensor, cam:torch.Tensor, cfg:Config) -> np.ndarray:
                                         align_corners=False)[0, 0].numpy()
     return (0.55 * img + 0.45 * matplotlib.colormaps['jet'](h)[..., :3]).clip(0, 1)
 
-# %% ../nbs/14a_analysis.ipynb #c26b3e6c
+# %% ../nbs/14a_analysis.ipynb #7e13b8a1
 class Interpretation:
     "What a trained model gets wrong on one split: losses, confusions, outliers, label issues."
     def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
@@ -181,10 +181,11 @@ class Interpretation:
         return ([dict(g, kind='identical') for g in m.get('duplicates') or []]
                 + [dict(g, kind='near-identical') for g in m.get('near_duplicates') or []])
 
-    def heatmaps(self, ids:list) -> tuple[torch.Tensor, torch.Tensor]:
-        "The preprocessed images `ids` and their Grad-CAM heatmaps for the predicted class."
+    def heatmaps(self, ids:list, cls:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+        ("The preprocessed images `ids` and their Grad-CAM heatmaps of class `cls` "
+         "(None: the predicted class).")
         x = torch.stack([self.ds[self.idx[i]][0] for i in ids]).to(self.predictor.device)
-        return x, gradcam(self.model, x)
+        return x, gradcam(self.model, x, None if cls is None else torch.full((len(ids),), cls))
 
 # %% ../nbs/14a_analysis.ipynb #454ac270
 def label_issues(cv_dir, # a folder written by `ml-train --fold all`
@@ -304,7 +305,7 @@ def _table(header, rows) -> str:
 
 def _uri(a:np.ndarray) -> str: return _thumb(Image.fromarray((a * 255).astype(np.uint8)))
 
-# %% ../nbs/14a_analysis.ipynb #be53f191
+# %% ../nbs/14a_analysis.ipynb #cc38a780
 def multilabel_issues(cv_dir, # a multi-label cross-validation folder
                       classes:list) -> list[dict]:
     ("Images whose label set is probably wrong, from the out-of-fold probabilities "
@@ -319,10 +320,21 @@ def multilabel_issues(cv_dir, # a multi-label cross-validation folder
     return [{'path': rows[i]['path'], 'given': rows[i]['true'], 'predicted': rows[i]['predicted']}
             for i in ranked]
 
+def _label_heatmaps(pred:Predictor, ds, idx:list, rows:list, labels:list) -> list[str]:
+    "Grad-CAM of label `labels[k]` over image `rows[k]`, blended over the image (data URIs)."
+    if not rows: return []
+    model = pred.model.models[0] if pred.run.cv else pred.model   # CV: its first fold's
+    x = torch.stack([ds[idx[i]][0] for i in rows]).to(pred.device)
+    cams = gradcam(model, x, torch.as_tensor(labels))
+    return [_uri(_blend(x[k], cams[k], pred.cfg)) for k in range(len(rows))]
+
 def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images:int|None=None,
-                        data_dir=None, progress:bool|None=None) -> dict:
+                        data_dir=None, progress:bool|None=None,
+                        label:str|None=None, # heatmaps of this label (None: the most often wrong)
+                       ) -> dict:
     ("`analyze` of a multi-label run: per-class missed and spurious labels, the labels' "
-     "co-occurrence, the images of the largest losses, and (a CV folder) label-issue candidates.")
+     "co-occurrence, the images of the largest losses and heatmaps of their worst label, "
+     "heatmaps of one label, and (a CV folder) label-issue candidates.")
     from torch.utils.data import DataLoader, Subset
     from imgcls.multilabel import multilabel_metrics
     ds = pred.run.dataset(split, data_dir)
@@ -334,9 +346,12 @@ def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images
     p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy() > 0.5
     thr, classes = pred.thresholds.numpy(), pred.classes
     on = p >= thr
-    loss = -(y * np.log(np.clip(p, 1e-7, 1)) + ~y * np.log(np.clip(1 - p, 1e-7, 1))).sum(1)
+    lmat = -(y * np.log(np.clip(p, 1e-7, 1)) + ~y * np.log(np.clip(1 - p, 1e-7, 1)))
     names = lambda row: ' '.join(c for c, b in zip(classes, row) if b)
     m = multilabel_metrics(y, p, classes, thr)
+    worst = np.argsort(-lmat.sum(1))[:top]
+    li = classes.index(label) if label is not None else int(np.argmax((y != on).sum(0)))
+    mine = [int(i) for i in np.argsort(-lmat[:, li]) if y[i, li] or on[i, li]][:top]
     res = {'run': str(pred.run.run_dir), 'split': split, 'n': len(idx), 'classes': classes,
            'task': 'multi_label',
            'metrics': {k: m[k] for k in ('acc', 'macro_f1', 'micro_f1', 'map')},
@@ -345,37 +360,98 @@ def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images
                          for i, c in enumerate(classes)},
            'co_occurrence': (y.T.astype(int) @ y.astype(int)).tolist(),
            'top_losses': [{'path': str(ds.path(idx[i])), 'true': names(y[i]),
-                           'predicted': names(on[i]), 'loss': float(loss[i])}
-                          for i in np.argsort(-loss)[:top]]}
+                           'predicted': names(on[i]), 'loss': float(lmat[i].sum()),
+                           'worst_label': classes[int(lmat[i].argmax())]} for i in worst],
+           'heatmap_label': {'label': classes[li], 'images': [
+               {'path': str(ds.path(idx[i])), 'labelled': bool(y[i, li]), 'p': float(p[i, li]),
+                'loss': float(lmat[i, li])} for i in mine]}}
     res['most_missed'] = sorted(classes, key=lambda c: -res['per_class'][c]['missed'])[:5]
     res['most_spurious'] = sorted(classes, key=lambda c: -res['per_class'][c]['spurious'])[:5]
+    try: cams = {'worst': _label_heatmaps(pred, ds, idx, list(worst),
+                                          lmat[worst].argmax(1).tolist()),
+                 'label': _label_heatmaps(pred, ds, idx, mine, [li] * len(mine))}
+    except DataError as e: logger.warning(f'no heatmaps: {e}'); cams = {}
+    return _multilabel_write(pred, res, cams, top)
+
+# %% ../nbs/14a_analysis.ipynb #8bd4d8de
+def _multilabel_write(pred:Predictor, res:dict, cams:dict, top:int) -> dict:
+    "Label issues (a CV folder), analysis.json and report.html of a multi-label analysis."
     out, res['label_issues'] = pred.run.run_dir/'analysis', None
     out.mkdir(parents=True, exist_ok=True)
     if pred.run.cv:   # every candidate in label_issues.csv; the report shows `top`
-        issues = multilabel_issues(pred.run.path, classes)
+        issues = multilabel_issues(pred.run.path, res['classes'])
         res['label_issues'], res['label_issues_found'] = issues[:top], len(issues)
         buf = io.StringIO()
         w = csv.DictWriter(buf, ['path', 'given', 'predicted'])
         w.writeheader(); w.writerows(issues)
         res['label_issues_file'] = str(atomic_write(out/'label_issues.csv', buf.getvalue()))
     atomic_write(out/'analysis.json', json.dumps(res, indent=1) + '\n')
-    rows = [[c, r['support'], r['missed'], r['spurious'], f"{r['f1']:.4f}"]
-            for c, r in res['per_class'].items()]
-    page = (f"<h1>{html.escape(res['run'])}: {split}, {len(idx)} images (multi-label)</h1>"
-            f"<p>exact match {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}, mAP {m['map']:.4f}</p>"
-            + _table(['label', 'images', 'missed', 'spurious', 'F1'], rows)
-            + '<h2>Largest losses</h2>'
-            + _table(['path', 'true', 'predicted', 'loss'],
-                     [[r['path'], r['true'], r['predicted'], f"{r['loss']:.3f}"]
-                      for r in res['top_losses']]))
-    atomic_write(out/'report.html', f'<!doctype html><meta charset="utf-8">{page}')
+    atomic_write(out/'report.html', _multilabel_report(res, cams))
     res['report'] = str(out/'report.html')
-    logger.info(f"analysis of {res['run']} ({split}, {len(idx)} images): macro-F1 "
-                f"{m['macro_f1']:.4f}; most missed {', '.join(res['most_missed'][:3])}; report "
-                f"{out/'report.html'}")
+    logger.info(f"analysis of {res['run']} ({res['split']}, {res['n']} images): macro-F1 "
+                f"{res['metrics']['macro_f1']:.4f}; most missed {', '.join(res['most_missed'][:3])}"
+                f"; report {out/'report.html'}")
     return res
 
-# %% ../nbs/14a_analysis.ipynb #529a7cfe
+def _multilabel_report(res:dict, cams:dict) -> str:
+    m, hl, tl = res['metrics'], res['heatmap_label'], res['top_losses']
+    rows = [[c, r['support'], r['missed'], r['spurious'], f"{r['f1']:.4f}"]
+            for c, r in res['per_class'].items()]
+    none = lambda s: s or '(none)'
+    parts = [f"<h1>What the model gets wrong</h1><p>{html.escape(res['run'])}, {res['split']} "
+             f"split, {res['n']} images (multi-label): exact match {m['acc']:.4f}, macro-F1 "
+             f"{m['macro_f1']:.4f}, mAP {m['map']:.4f}</p>",
+             '<h2 id="per-class">Per label</h2>'
+             + _table(['label', 'images', 'missed', 'spurious', 'F1'], rows),
+             '<h2 id="co-occurrence">Co-occurrence</h2><p>images labelled with both</p>'
+             + _table([''] + res['classes'], [[c] + r for c, r in
+                                              zip(res['classes'], res['co_occurrence'])]),
+             '<h2 id="top-losses">Largest losses</h2>' + _table(
+                 ['path', 'true', 'predicted', 'worst label', 'loss'],
+                 [[r['path'], none(r['true']), none(r['predicted']), r['worst_label'],
+                   f"{r['loss']:.3f}"] for r in tl])]
+    if cams:
+        parts += ['<h2 id="heatmaps-top-losses">Heatmaps: largest losses</h2><p>Grad-CAM of each '
+                  "image's worst label (red: what raised its score)</p>" + _cards(
+                      [(u, f"{none(r['true'])} -> {none(r['predicted'])} ({r['worst_label']})")
+                       for u, r in zip(cams['worst'], tl)]),
+                  f'<h2 id="heatmaps-label">Heatmaps: {html.escape(hl["label"])}</h2><p>Grad-CAM '
+                  f'of {html.escape(hl["label"])} over the images labelled or predicted with it, '
+                  'its largest losses first</p>' + (_cards(
+                      [(u, f"{'labelled' if r['labelled'] else 'not labelled'}, p {r['p']:.2f}")
+                       for u, r in zip(cams['label'], hl['images'])]) or '<p>None.</p>')]
+    if res['label_issues'] is not None:
+        parts.append('<h2 id="label-issues">Label issues</h2><p>cleanlab on the out-of-fold '
+                     f"probabilities found {res['label_issues_found']}; the first "
+                     f"{len(res['label_issues'])} (all of them: label_issues.csv)</p>" + _table(
+                         ['path', 'given', 'predicted'],
+                         [[r['path'], none(r['given']), none(r['predicted'])]
+                          for r in res['label_issues']]))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>imgcls analysis</title>'
+            f'<style>{_CSS}</style></head><body>{"".join(parts)}</body></html>\n')
+
+# %% ../nbs/14a_analysis.ipynb #2c09cf8a
+def _heatmap_views(it:Interpretation, top:int, label:str|None=None) -> dict:
+    ("The report's heatmap grids, name -> (what they show, cards): the top losses and the surest "
+     "correct images (their predicted class), and `label`'s images (that class's).")
+    c = it.classes
+    mine = ([] if label is None else
+            [i for i in it.top_losses(len(it.idx)) if c[int(it.labels[i])] == label
+             or c[int(it.preds[i])] == label][:top])
+    views = {}
+    for name, ids, cls in (('top losses', it.top_losses(top), None),
+                           ('correct', it.surest_correct(max(1, top // 2)), None),
+                           (f'class {label}', mine, c.index(label) if label else None)):
+        if not ids: continue
+        try: x, cams = it.heatmaps(ids, cls)
+        except DataError as e: logger.warning(f'no heatmaps: {e}'); break
+        note = f'Grad-CAM of {label}, the largest losses first' if cls is not None else \
+               'Grad-CAM of the predicted class'
+        views[name] = (note, [(_uri(_blend(x[k], cams[k], it.predictor.cfg)),
+                               f"{c[int(it.labels[i])]} -> {c[int(it.preds[i])]}")
+                              for k, i in enumerate(ids)])
+    return views
+
 def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
             split:str='test', # test or val
             top:int=16, # images in each grid (top losses, heatmaps, label issues, outliers)
@@ -383,6 +459,7 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
             data_dir=None, # the dataset folder, if it moved since training
             device=None, # where to run (default: the GPU if there is one)
             progress:bool|None=None, # progress bars (None: in Jupyter and terminals)
+            label:str|None=None, # heatmaps of this class too (multi-label; None: most often wrong)
            ) -> dict:
     "Score `split`, write RUN/analysis/report.html and analysis.json; returns the analysis."
     if not (isinstance(top, int) and top >= 1): raise DataError(f'--top must be >= 1, got {top}')
@@ -390,21 +467,16 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
         raise DataError(f'--max_images must be >= 1, got {max_images}')
     if split not in ('test', 'val'): raise DataError(f"split must be test or val, got {split!r}")
     pred = Predictor.from_checkpoint(path, device, tta=False)
+    if label is not None and label not in pred.classes:
+        raise DataError(f"--label {label!r} is not one of the run's classes "
+                        f"({', '.join(pred.classes)})")
     if pred.multi_label:
-        return multilabel_analysis(pred, split, top, max_images, data_dir, progress)
+        return multilabel_analysis(pred, split, top, max_images, data_dir, progress, label)
     it = Interpretation.from_run(pred, split, max_images, data_dir, device, progress)
     issues = it.label_issues() if it.run.cv else None   # all of them; the report shows `top`
     classes, run_dir = it.classes, it.run.run_dir
     metrics = compute_metrics(it.labels.numpy(), it.preds.numpy(), classes)
-    views = {}
-    for name, ids in (('top losses', it.top_losses(top)),
-                      ('correct', it.surest_correct(max(1, top // 2)))):
-        if not ids: continue
-        try: x, cams = it.heatmaps(ids)
-        except DataError as e: logger.warning(f'no heatmaps: {e}'); break
-        views[name] = [(_uri(_blend(x[k], cams[k], it.predictor.cfg)),
-                        f"{classes[int(it.labels[i])]} -> {classes[int(it.preds[i])]}")
-                       for k, i in enumerate(ids)]
+    views = _heatmap_views(it, top, label)
     by_cell = {}
     for i in range(len(it.idx)):
         by_cell.setdefault((int(it.labels[i]), int(it.preds[i])), []).append(i)
@@ -436,7 +508,7 @@ def analyze(path, # a run folder, a checkpoint, or a cross-validation folder
                 f"{metrics['acc']:.4f}; report {out/'report.html'}")
     return res
 
-# %% ../nbs/14a_analysis.ipynb #c45a18a6
+# %% ../nbs/14a_analysis.ipynb #0d8974aa
 def _img(path) -> str:
     try: return _thumb(load_image(path))
     except Exception: return ''
@@ -462,10 +534,10 @@ def _report(res:dict, views:dict, data_dir:Path) -> str:
     parts.append('<h2 id="top-losses">Top losses</h2>' + _cards(
         [(_img(r['path']), f"{r['true']} -> {r['predicted']} (p {r['p_predicted']:.2f}, "
           f"loss {r['loss']:.2f})") for r in res['top_losses']]))
-    for name, cards in views.items():
-        parts.append(f'<h2 id="heatmaps-{name.replace(" ", "-")}">Heatmaps: {name}</h2>'
-                     '<p>Grad-CAM of the predicted class (red: what raised its score)</p>'
-                     + _cards(cards))
+    for name, (note, cards) in views.items():
+        parts.append(f'<h2 id="heatmaps-{html.escape(name.replace(" ", "-"))}">Heatmaps: '
+                     f'{html.escape(name)}</h2><p>{html.escape(note)} (red: what raised its '
+                     'score)</p>' + _cards(cards))
     parts.append('<h2 id="outliers">Outliers</h2><p>farthest from their class in the model\'s '
                  'feature space (distance over the class\'s median)</p>' + (_cards(
         [(_img(r['path']), f"{r['true']}, predicted {r['predicted']} ({r['distance']:.1f}x)")

@@ -305,7 +305,7 @@ def inference_command(
 # %% ../nbs/90_cli.ipynb #2916972d
 def ml_inference(argv=None): return run_cli(inference_command, 'ml-inference', argv)
 
-# %% ../nbs/90_cli.ipynb #6368960a
+# %% ../nbs/90_cli.ipynb #0f9391a0
 def analyze_command(
     run:str, # a run folder (runs/RUN), a checkpoint, or a cross-validation folder
     split:str='test', # the split to analyse: test or val
@@ -313,19 +313,21 @@ def analyze_command(
     max_images:int=None, # score at most this many images of the split
     data_dir:str=None, # the dataset folder, if it moved since training
     device:str=None, # cuda, cuda:N, cpu or mps (none: the GPU if there is one)
+    label:str=None, # heatmaps of this class too (multi-label; none: the label most often wrong)
 ):
     ("Write RUN/analysis/report.html and analysis.json: per-class scores, confusions, top "
      "losses, Grad-CAM heatmaps, and label issues for a cross-validation folder.")
     from imgcls.analysis import analyze as _analyze
     from imgcls.core import setup_logging
     setup_logging()
-    r = _analyze(run, split, top, max_images, data_dir, device)
+    r = _analyze(run, split, top, max_images, data_dir, device, label=label)
     m, worst = r['metrics'], r['top_losses'][:1]
     if r.get('task') == 'multi_label':
         print(f"{split}: {r['n']} images, exact match {m['acc']:.4f}, macro-F1 "
               f"{m['macro_f1']:.4f}, mAP {m['map']:.4f}; most missed labels "
               f"{', '.join(r['most_missed'][:3])}, most spurious "
-              f"{', '.join(r['most_spurious'][:3])}")
+              f"{', '.join(r['most_spurious'][:3])}; heatmaps of "
+              f"{r['heatmap_label']['label']} over {len(r['heatmap_label']['images'])} image(s)")
     else:
         print(f"{split}: {r['n']} images, accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}; "
               f"{len(r['most_confused'])} confused class pair(s)"

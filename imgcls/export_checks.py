@@ -365,19 +365,33 @@ def format_benchmark(b:dict) -> str:
               for r in _speed_rows(b, 'pytorch', 'onnxruntime')]
     return '\n'.join(lines)
 
-# %% ../nbs/12b_export_checks.ipynb #0e98e6a4
+# %% ../nbs/12b_export_checks.ipynb #ab597fc9
+def _quant_scores(pa:np.ndarray, pb:np.ndarray, labels, meta:dict) -> dict:
+    ("Test scores of the fp32 (`pa`) and int8 (`pb`) probabilities and how often they agree: "
+     "accuracy and top-1, or (multi-label) macro-F1 and mAP at the file's thresholds, label sets.")
+    vs = lambda x, y: {'fp32': x, 'int8': y, 'change': y - x}
+    if meta.get('task') != 'multi_label':
+        y = np.asarray(labels)
+        acc = [float((p.argmax(1) == y).mean()) for p in (pa, pb)]
+        return {'accuracy': vs(*acc),
+                'top1_agreement': float((pa.argmax(1) == pb.argmax(1)).mean())}
+    from imgcls.multilabel import multilabel_metrics
+    k, t = len(meta['classes']), np.asarray(meta['thresholds'])
+    y = np.zeros((len(labels), k))   # the split's label sets (class indices) as multi-hot rows
+    for i, ys in enumerate(labels): y[i, list(ys)] = 1
+    ma, mb = (multilabel_metrics(y, p, meta['classes'], t) for p in (pa, pb))
+    return {'accuracy': {**vs(ma['macro_f1'], mb['macro_f1']), 'metric': 'macro_f1'},
+            'map': vs(ma['map'], mb['map']), 'exact_match': vs(ma['acc'], mb['acc']),
+            'top1_agreement': float(((pa >= t) == (pb >= t)).all(1).mean())}   # label sets
+
 def _quant_compare(fp32:bytes, int8:bytes, paths:list, labels, batch_size:int=16,
                    iters:int=20, warmup:int=3, threads:int|None=None,
                    progress:bool|None=None) -> dict:
     "fp32 vs int8 ONNX Runtime: accuracy and agreement on `paths`, then speed on random inputs."
     a, b = OnnxPredictor(fp32, threads=threads), OnnxPredictor(int8, threads=threads)
     pa, pb = a.predict_proba(paths), b.predict_proba(paths)
-    labels = np.asarray(labels)
-    acc = {'fp32': float((pa.argmax(1) == labels).mean()),
-           'int8': float((pb.argmax(1) == labels).mean())}
     ops = onnx_op_counts(int8)
-    res = {'images': len(paths), 'accuracy': {**acc, 'change': acc['int8'] - acc['fp32']},
-           'top1_agreement': float((pa.argmax(1) == pb.argmax(1)).mean()),
+    res = {'images': len(paths), **_quant_scores(pa, pb, labels, a.meta),
            'max_prob_diff': float(np.abs(pa - pb).max()), 'bytes': len(int8),
            'fp32_bytes': len(fp32), 'quantized_ops': {k: ops.get(k, 0) for k in
                                                       ('QuantizeLinear', 'DequantizeLinear')},
@@ -420,17 +434,23 @@ def compare_quantized(checkpoint, # the .pt (or CV folder) the models come from
 _RANGE_WORDS = {'reduced': '7-bit (--int8_range reduced: exact on every x86 CPU)',
                 'full': '8-bit (--int8_range full: needs VNNI on x86 CPUs, can saturate without)'}
 
+def _quant_scores_text(q:dict) -> str:
+    vs = lambda name, a: f"{name} fp32 {a['fp32']:.4f}, int8 {a['int8']:.4f} ({a['change']:+.4f})"
+    if q['accuracy'].get('metric') != 'macro_f1':
+        return f"{vs('accuracy', q['accuracy'])}, top-1 agreement {q['top1_agreement']:.2%}"
+    return (f"{vs('macro-F1', q['accuracy'])}, {vs('mAP', q['map'])}, "
+            f"label-set agreement {q['top1_agreement']:.2%}")
+
 def format_quantized(q:dict) -> list[str]:
     "What `ml-export --quantize int8` prints about the int8 copy."
-    a, sp = q['accuracy'], q['speed']
+    sp = q['speed']
     lines = [f"int8: {q.get('onnx', 'the int8 model')} ({q['bytes'] / 2**20:.2f} MiB, fp32 "
              f"{q['fp32_bytes'] / 2**20:.2f} MiB; {q['quantized_ops']['QuantizeLinear']} "
              f"QuantizeLinear, {q['quantized_ops']['DequantizeLinear']} DequantizeLinear; "
              f"calibrated on {q.get('calibration_images', '?')} training images)",
              f"int8 weights: {_RANGE_WORDS.get(q.get('int8_range'), q.get('int8_range'))}",
-             f"int8 on {q['images']} test images: accuracy fp32 {a['fp32']:.4f}, int8 "
-             f"{a['int8']:.4f} ({a['change']:+.4f}), top-1 agreement {q['top1_agreement']:.2%}, "
-             f"max |prob diff| {q['max_prob_diff']:.3g} (CPU: {q['cpu']['description']})",
+             f"int8 on {q['images']} test images: {_quant_scores_text(q)}, max |prob diff| "
+             f"{q['max_prob_diff']:.3g} (CPU: {q['cpu']['description']})",
              f"int8 speed (ONNX Runtime, {sp['threads'] or 'default'} thread(s), input "
              f"{sp['input']}, {sp['iters']} runs at batch 1, {sp['iters_batch']} at batch "
              f"{sp['batch_size']}):",

@@ -371,7 +371,7 @@ def _app(self:Server):
               Route('/predict', timed('/predict', self.predict), methods=['POST'])]
     return Starlette(routes=routes)
 
-# %% ../nbs/12c_serve.ipynb #d218bc06
+# %% ../nbs/12c_serve.ipynb #bcb9c5f1
 PAGE = r'''<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgcls</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -382,7 +382,8 @@ cursor:pointer} #drop.over{background:#eef} .card{display:flex;gap:1em;margin:1e
 align-items:flex-start} .card img{width:128px;height:128px;object-fit:contain;background:#f4f4f4}
 .bars{flex:1} .row{display:flex;align-items:center;gap:.5em;margin:.2em 0} .name{width:9em;
 overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .bar{height:1em;background:#4a7;
-border-radius:3px} .pct{width:4em;text-align:right;font-variant-numeric:tabular-nums}
+border-radius:3px} .off .bar{background:#bbb}
+.pct{width:4em;text-align:right;font-variant-numeric:tabular-nums}
 .err{color:#b00} small{color:#666}
 </style></head><body>
 <h1>imgcls</h1><p id="about">Loading the model's description...</p>
@@ -392,8 +393,11 @@ accept="image/*" multiple hidden></div>
 <script>
 const out = document.getElementById('out'), drop = document.getElementById('drop'),
       pick = document.getElementById('pick');
+let thresholds = {};   // a multi-label model's, from /health
 fetch('health').then(r => r.json()).then(h => {
-  document.getElementById('about').textContent = h.num_classes + ' classes (' +
+  thresholds = h.thresholds || {};
+  document.getElementById('about').textContent = (h.task === 'multi_label' ?
+    'multi-label, ' + h.num_classes + ' labels (' : h.num_classes + ' classes (') +
     h.classes.slice(0, 12).join(', ') + (h.classes.length > 12 ? ', ...' : '') + '), input ' +
     h.input_size.join('x') + ', ' + (h.architecture || 'model');
 });
@@ -408,11 +412,16 @@ function show(bars, name, p) {
   bars.textContent = '';
   const t = document.createElement('div');
   t.innerHTML = '<b></b> <small></small>';
-  t.querySelector('b').textContent = p.label;
+  const multi = Array.isArray(p.labels);   // a multi-label answer: the labels at their thresholds
+  t.querySelector('b').textContent = multi ? (p.labels.join(', ') || 'none of the labels')
+                                             : p.label;
   t.querySelector('small').textContent = name;
   t.className = 'label'; bars.append(t);
   for (const k of p.top_k) {
-    const r = document.createElement('div'); r.className = 'row';
+    const r = document.createElement('div');
+    r.className = multi ? (p.labels.includes(k['class']) ? 'row on' : 'row off') : 'row';
+    const thr = thresholds[k['class']];
+    if (multi && thr !== undefined) r.title = 'threshold ' + thr.toFixed(2);
     r.innerHTML = '<span class="name"></span><span class="bar"></span><span class="pct"></span>';
     r.querySelector('.name').textContent = k['class'];
     r.querySelector('.bar').style.width = (k.probability * 60).toFixed(1) + '%';

@@ -209,6 +209,22 @@ def test_docs_notebooks_link_to_pages_that_exist():
     assert bad == [], f'links to pages that do not exist: {bad}'
 
 
+def test_docs_images_are_committed_files():
+    "Every picture a docs page shows (`![...](x.png)`) is a file in nbs/, where Quarto finds it."
+    shown, bad = 0, []
+    for nb in _notebooks():
+        for c in _cells(NBS / nb):
+            if c['cell_type'] != 'markdown': continue
+            for m in re.finditer(r'\]\(([^)\s]+\.(?:png|jpg|jpeg|svg|gif))\)', _src(c)):
+                shown += 1
+                f = (NBS / nb).parent / m.group(1)
+                if m.group(1).startswith(('http:', 'https:', '/')) or not f.is_file() \
+                        or NBS.resolve() not in f.resolve().parents:
+                    bad.append(f'{nb}: {m.group(1)}')
+    assert bad == [], f'pictures that are not files in nbs/: {bad}'
+    assert shown, 'no docs page shows a picture (the serving page screenshot is one)'
+
+
 # --- the docs notebooks ---
 
 @pytest.mark.parametrize('nb', DOCS_NBS)

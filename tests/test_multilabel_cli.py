@@ -2,8 +2,10 @@
 user runs them: ml-split, the one command ml-train --data, ml-inference on the test split and on
 --images, ml-export and ONNX Runtime, ml-serve, and cross-validation with --fold all."""
 from __future__ import annotations
+import base64
 import csv
 import http.client
+import os
 import json
 import re
 import subprocess
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_clean_error, assert_ok, command, env, run, run_py
+from helpers import (assert_clean_error, assert_ok, command, dump_dom, env, needs_chromium, run,
+                     run_py)
+
+ARTEFACTS = Path(os.environ.get('IMGCLS_TEST_ARTEFACTS', Path(__file__).parent / 'artefacts'))
 
 
 def _sample(root: Path, n: int = 300, size: int = 32) -> Path:
@@ -35,6 +40,20 @@ def _macro_f1(truth: dict, predicted: dict, classes: list) -> float:
         fn = sum(c in truth[k] and c not in predicted[k] for k in truth)
         f1.append(2 * tp / max(2 * tp + fp + fn, 1))
     return sum(f1) / len(f1)
+
+
+def _post(port: int, images: list) -> dict:
+    "POST `images` to an ml-serve on `port` as multipart parts named `file`; its JSON answer."
+    body, boundary = b'', uuid.uuid4().hex
+    for im in images:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="{im.name}"\r\nContent-Type: image/png\r\n\r\n').encode()
+        body += im.read_bytes() + b'\r\n'
+    body += f'--{boundary}--\r\n'.encode()
+    c = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+    c.request('POST', '/predict', body,
+              {'Content-Type': f'multipart/form-data; boundary={boundary}'})
+    return json.loads(c.getresponse().read())
 
 
 @pytest.fixture(scope='module')
@@ -91,10 +110,14 @@ def test_inference_csv_scores_like_the_report(trained):
 
 def test_onnx_and_serve_give_the_same_label_sets(trained, tmp_path):
     root, ds, run_dir, _ = trained
-    res = run(['ml-export', '--checkpoint', str(run_dir), '--comprehensive_validate'], root,
-              timeout=600)
+    res = run(['ml-export', '--checkpoint', str(run_dir), '--comprehensive_validate',
+               '--quantize', 'int8'], root, timeout=600)
     assert_ok(res)
     assert 'label-set agreement 100.00%' in res.stdout and 'test macro-F1' in res.stdout, res.stdout
+    int8 = re.search(r'int8 on \d+ test images: macro-F1 fp32 ([\d.]+), int8 ([\d.]+) .*mAP fp32 '
+                     r'[\d.]+, int8 [\d.]+ .*label-set agreement ([\d.]+)%', res.stdout)
+    assert int8, res.stdout   # int8 is scored as a multi-label model: macro-F1, mAP, label sets
+    assert float(int8.group(2)) >= float(int8.group(1)) - 0.05 and float(int8.group(3)) >= 80
     onnx = run_dir / 'weights' / 'best.onnx'
     images = sorted((ds / 'raw').glob('*.png'))[:40]
     out = tmp_path / 'p.csv'
@@ -112,16 +135,8 @@ def test_onnx_and_serve_give_the_same_label_sets(trained, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = int(re.search(r'http://127\.0\.0\.1:(\d+)', proc.stdout.readline()).group(1))
-        body, boundary = b'', uuid.uuid4().hex
-        for im in images[:5]:
-            body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="{im.name}"\r\nContent-Type: image/png\r\n\r\n').encode()
-            body += im.read_bytes() + b'\r\n'
-        body += f'--{boundary}--\r\n'.encode()
+        answer = _post(port, images[:5])
         c = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-        c.request('POST', '/predict', body,
-                  {'Content-Type': f'multipart/form-data; boundary={boundary}'})
-        answer = json.loads(c.getresponse().read())
         c.request('GET', '/health')
         health = json.loads(c.getresponse().read())
     finally:
@@ -131,6 +146,33 @@ def test_onnx_and_serve_give_the_same_label_sets(trained, tmp_path):
     for a in answer['predictions']:
         assert a['label'] == torch_sets[a['file']] and a['labels'] == a['label'].split()
         assert len(a['probabilities']) == 10
+
+
+@needs_chromium
+def test_the_page_shows_a_label_set_in_chromium(trained, tmp_path):
+    "The web page, in a real browser with the network off, shows the model's label set."
+    root, ds, run_dir, _ = trained
+    with open(ds / 'labels.csv', newline='') as f:
+        two = next(r['image'] for r in csv.DictReader(f) if len(r['labels'].split()) >= 2)
+    image = ds / 'raw' / two
+    proc = subprocess.Popen([command('ml-serve'), str(run_dir), '--port', '0'], cwd=root,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r'http://127\.0\.0\.1:(\d+)', proc.stdout.readline()).group(1))
+        want = _post(port, [image])['predictions'][0]
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        data = 'data:image/png;base64,' + base64.b64encode(image.read_bytes()).decode()
+        dom = dump_dom(f'http://127.0.0.1:{port}/?image={data}', tmp_path,
+                       screenshot=ARTEFACTS / 'serve_page_multilabel.png')
+    finally:
+        proc.terminate(); proc.wait(30)
+    shown = re.search(r'<div class="label"><b>([^<]*)</b>', dom)
+    text = ', '.join(want['labels']) or 'none of the labels'
+    assert shown and shown.group(1) == text, dom[-3000:]
+    on = [k for k in want['top_k'] if k['class'] in want['labels']]
+    assert dom.count('class="row on"') == len(on) and on   # the labels' bars, marked
+    assert dom.count('class="row off"') == len(want['top_k']) - len(on)
+    assert 'multi-label, 10 labels' in dom   # the model's description, from /health
 
 
 def test_cross_validation_of_a_multilabel_folder(tmp_path):
@@ -148,9 +190,13 @@ def test_cross_validation_of_a_multilabel_folder(tmp_path):
     res = run(['ml-inference', '--checkpoint_path', str(cv)], tmp_path)
     assert_ok(res)
     assert f"macro-F1 {rep['ensemble_test']['macro_f1']:.4f}" in res.stdout, res.stdout
-    res = run(['ml-analyze', str(cv)], tmp_path)
+    res = run(['ml-analyze', str(cv), '--label', 'd3'], tmp_path)
     assert_ok(res)
-    assert 'most missed labels' in res.stdout, res.stdout
+    assert 'most missed labels' in res.stdout and 'heatmaps of d3 over' in res.stdout, res.stdout
+    assert 'id="heatmaps-label">Heatmaps: d3' in (cv / 'analysis' / 'report.html').read_text()
+    bad = run(['ml-analyze', str(cv), '--label', 'd11'], tmp_path)
+    assert bad.returncode != 0 and "--label 'd11' is not one of the run's classes" in bad.stderr
+    assert 'Traceback' not in bad.stderr
     assert 'label issue candidate(s)' in res.stdout, res.stdout
     an = json.loads((cv / 'analysis' / 'analysis.json').read_text())
     assert len(an['co_occurrence']) == 10 and set(an['per_class']['d0']) >= {'missed', 'spurious'}
