@@ -100,7 +100,7 @@ def _describe_duplicates(g:dict) -> str:
             f"similarity {g['similarity']:.3f})")
     return f"{what} {cls}, {where}: {', '.join(g['paths'])}"
 
-# %% ../nbs/03_splits.ipynb #8d640dc9
+# %% ../nbs/03_splits.ipynb #b091c5f0
 NEAR_DUP_DISTANCE = 4     # default: hashes within this many bits (of 64) are candidates...
 NEAR_DUP_SIMILARITY = 0.993  # ...confirmed when 16x16 grayscale thumbnails correlate this well
 _THUMB = 16
@@ -213,7 +213,7 @@ def _near_duplicates(scan, roles:dict, max_distance:int) -> list[dict]:
     for i, j, d, sim in pairs:
         if scan.sha1[i] == scan.sha1[j]: continue
         (a, ya), (b, yb) = scan.items[i], scan.items[j]
-        classes = sorted({scan.classes[ya], scan.classes[yb]})
+        classes = sorted({label_text(ya, scan.classes), label_text(yb, scan.classes)})
         leak = [k for k in range(len(roles[a])) if roles[a][k] != roles[b][k]]
         if len(classes) == 1 and not leak: continue   # same class, same split of every fold
         out.append(dict(paths=[a, b], distance=d, similarity=round(sim, 4), classes=classes,
