@@ -23,7 +23,8 @@ from .inference import Predictor
 from .training import capture_input, last_linear
 
 # %% auto #0
-__all__ = ['last_conv', 'gradcam', 'Interpretation', 'label_issues', 'multilabel_issues', 'multilabel_analysis', 'analyze']
+__all__ = ['last_conv', 'gradcam', 'Interpretation', 'label_issues', 'MultiLabelInterpretation', 'multilabel_issues',
+           'multilabel_analysis', 'analyze']
 
 # %% ../nbs/14a_analysis.ipynb #682903cb
 def last_conv(model:nn.Module) -> nn.Module:
@@ -80,7 +81,7 @@ def _blend(x:torch.Tensor, cam:torch.Tensor, cfg:Config) -> np.ndarray:
                                         align_corners=False)[0, 0].numpy()
     return (0.55 * img + 0.45 * matplotlib.colormaps['jet'](h)[..., :3]).clip(0, 1)
 
-# %% ../nbs/14a_analysis.ipynb #7e13b8a1
+# %% ../nbs/14a_analysis.ipynb #f49eda18
 class Interpretation:
     "What a trained model gets wrong on one split: losses, confusions, outliers, label issues."
     def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
@@ -90,6 +91,7 @@ class Interpretation:
         self.preds = probs.argmax(1)
         self.losses = -probs.gather(1, labels[:, None])[:, 0].clamp_min(1e-12).log()
         self.classes, self.run = predictor.classes, predictor.run
+    multi_label = False
 
     @classmethod
     def from_run(cls, path, # a run folder, a checkpoint, or a cross-validation folder
@@ -99,15 +101,12 @@ class Interpretation:
                  device=None, # where to run (default: the GPU if there is one)
                  progress:bool|None=None, # a progress bar (None: in Jupyter and terminals)
                 ) -> Interpretation:
-        "Score `split` of the run at `path` once."
+        "Score `split` of the run at `path` once (a multi-label run: a `MultiLabelInterpretation`)."
         from torch.utils.data import DataLoader, Subset
         if split not in ('test', 'val'):
             raise DataError(f"split must be test or val, got {split!r}")
         pred = (path if isinstance(path, Predictor) else
                 Predictor.from_checkpoint(path, device, tta=False))
-        if pred.multi_label:
-            raise DataError(f'{path}: a multi-label run; its confusions are a label at a time: '
-                            '`analyze` (ml-analyze) reports them (`multilabel_analysis`)')
         ds = pred.run.dataset(split, data_dir)
         idx = list(range(len(ds)))[:max_images]
         model = pred.model.models[0] if pred.run.cv else pred.model  # an ensemble: fold 0's
@@ -119,6 +118,9 @@ class Interpretation:
                 probs.append(pred.both_probabilities(x)[1]); labels.append(y)
                 if 'x' in seen: feats.append(seen['x'].flatten(1).float().cpu())
         cat = lambda t: torch.cat(t) if t else torch.empty(0)
+        if pred.multi_label:   # label sets: multi-hot targets, probabilities against thresholds
+            return MultiLabelInterpretation(pred, ds, idx, cat(probs), cat(labels) > 0.5,
+                                            cat(feats) if feats else None, split)
         return cls(pred, ds, idx, cat(probs), cat(labels).long(), cat(feats) if feats else None,
                    split)
 
@@ -245,7 +247,7 @@ def plot_heatmaps(self:Interpretation, ids:list|None=None, # image indices (defa
     return _grid([_blend(a, c, self.predictor.cfg) for a, c in zip(x, cams)],
                  [f"{r['true']} -> {r['predicted']}" for r in map(self.row, ids)])
 
-# %% ../nbs/14a_analysis.ipynb #f96cd56e
+# %% ../nbs/14a_analysis.ipynb #a97bcb97
 @patch
 def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_issues | outliers
             k:int=16, # images shown
@@ -257,11 +259,12 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     if which == 'top_losses': rows = [self.row(i) for i in self.top_losses(k)]
     elif which == 'outliers': rows = self.outliers(k)
     elif which == 'label_issues':
-        rows = [{'path': r['path'], 'true': r['given'], 'predicted': r['suggested']}
-                for r in self.label_issues(k)]
+        rows = [{'path': r['path'], 'true': r['given'],
+                 'predicted': r.get('suggested', r.get('predicted'))} for r in self.label_issues(k)]
     else: raise DataError(f'which must be top_losses, label_issues or outliers, got {which!r}')
     cur = read_curation(data_dir) or {'exclude': [], 'relabel': {}}
-    choices = ['keep', 'exclude'] + [f'relabel: {c}' for c in self.classes]
+    choices = ['keep', 'exclude'] + ([] if self.multi_label else   # multi-label: edit labels.csv
+                                     [f'relabel: {c}' for c in self.classes])
     cards, picks = [], {}
     for r in rows:
         rel = Path(r['path']).resolve().relative_to(data_dir.resolve()).as_posix()
@@ -286,6 +289,78 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     ui.picks, ui.save = picks, _save   # for scripts and tests
     return ui
 
+# %% ../nbs/14a_analysis.ipynb #9a02f8c1
+class MultiLabelInterpretation(Interpretation):
+    "What a multi-label model gets wrong on one split: label sets, per-label losses and errors."
+    multi_label = True
+    def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
+                 labels:torch.Tensor, # (N, classes) bool: the true label sets
+                 features:torch.Tensor|None=None, split:str='test'):
+        self.predictor, self.ds, self.idx, self.split = predictor, dataset, list(idx), split
+        self.probs, self.labels, self.features = probs, labels.bool(), features
+        self.classes, self.run = predictor.classes, predictor.run
+        self.thresholds = predictor.thresholds.to(probs.dtype)
+        self.preds = probs >= self.thresholds
+        p = probs.clamp(1e-7, 1 - 1e-7)
+        self.label_losses = -torch.where(self.labels, p.log(), (1 - p).log())
+        self.losses = self.label_losses.sum(1)
+
+    def names(self, row:torch.Tensor) -> str:
+        "A multi-hot row as labels.csv writes it: the labels, space-separated."
+        return ' '.join(c for c, b in zip(self.classes, row.tolist()) if b)
+    def row(self, i:int) -> dict:
+        "Image `i`: path, true and predicted label sets, the label it got most wrong, loss."
+        w = int(self.label_losses[i].argmax())
+        return {'path': self.path(i), 'true': self.names(self.labels[i]),
+                'predicted': self.names(self.preds[i]), 'worst_label': self.classes[w],
+                'p_worst': float(self.probs[i, w]), 'loss': float(self.losses[i])}
+    def surest_correct(self, k:int=9) -> list[int]:
+        "Indices of the `k` images whose label set is right, with the lowest loss."
+        exact = (self.preds == self.labels).all(1)
+        return [i for i in torch.argsort(self.losses).tolist() if exact[i]][:k]
+    def per_label(self) -> dict:
+        "Each label: its images, and those it missed (labelled, not predicted) or added."
+        y, on = self.labels, self.preds
+        return {c: {'images': int(y[:, i].sum()), 'missed': int((y[:, i] & ~on[:, i]).sum()),
+                    'spurious': int((~y[:, i] & on[:, i]).sum())}
+                for i, c in enumerate(self.classes)}
+    def confusion_matrix(self):
+        raise DataError('a multi-label run has no confusion matrix (an image has several labels '
+                        'or none): per_label() counts each label\'s missed and spurious images')
+    def most_confused(self, min_count:int=1):
+        "(missed label, spurious label, images) pairs: one label taken for another."
+        y, on, c = self.labels, self.preds, self.classes
+        miss, extra = y & ~on, ~y & on
+        cells = [(c[a], c[b], int((miss[:, a] & extra[:, b]).sum()))
+                 for a in range(len(c)) for b in range(len(c)) if a != b]
+        return sorted([t for t in cells if t[2] >= min_count], key=lambda t: -t[2])
+    def outliers(self, k:int=9) -> list[dict]:
+        "None: an image of several labels has no one class to lie far from."
+        return []
+    def label_issues(self, top:int|None=None) -> list[dict]:
+        "For a CV folder: images whose label set is probably wrong (`multilabel_issues`)."
+        if not self.run.cv:
+            raise DataError(f'{self.run.path}: label issues need out-of-fold predictions; run '
+                            '`ml-train --fold all` and analyse its cross-validation folder')
+        return multilabel_issues(self.run.path, self.classes)[:top]
+    def heatmaps(self, ids:list, cls:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+        "Images `ids` and their Grad-CAM of class `cls` (None: the label each got most wrong)."
+        x = torch.stack([self.ds[self.idx[i]][0] for i in ids]).to(self.predictor.device)
+        cls = (self.label_losses[ids].argmax(1) if cls is None else
+               torch.full((len(ids),), cls))
+        return x, gradcam(self.model, x, cls)
+    def plot_top_losses(self, k:int=9, # images
+                        heatmap:bool=False, # Grad-CAM of each image's worst label
+                       ):
+        "The `k` images of the highest loss: true -> predicted label sets, the worst label."
+        ids = self.top_losses(k)
+        ims = ([_blend(a, c, self.predictor.cfg) for a, c in zip(*self.heatmaps(ids))]
+               if heatmap and ids else [_view(self.ds[self.idx[i]][0], self.predictor.cfg)
+                                        for i in ids])
+        return _grid(ims, [f"{r['true'] or '-'} -> {r['predicted'] or '-'}\n{r['worst_label']} "
+                           f"p {r['p_worst']:.2f}, loss {r['loss']:.2f}"
+                           for r in map(self.row, ids)])
+
 # %% ../nbs/14a_analysis.ipynb #5c44429b
 _CSS = ('body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}'
         'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
@@ -305,7 +380,7 @@ def _table(header, rows) -> str:
 
 def _uri(a:np.ndarray) -> str: return _thumb(Image.fromarray((a * 255).astype(np.uint8)))
 
-# %% ../nbs/14a_analysis.ipynb #cc38a780
+# %% ../nbs/14a_analysis.ipynb #c1d1d997
 def multilabel_issues(cv_dir, # a multi-label cross-validation folder
                       classes:list) -> list[dict]:
     ("Images whose label set is probably wrong, from the out-of-fold probabilities "
@@ -320,13 +395,11 @@ def multilabel_issues(cv_dir, # a multi-label cross-validation folder
     return [{'path': rows[i]['path'], 'given': rows[i]['true'], 'predicted': rows[i]['predicted']}
             for i in ranked]
 
-def _label_heatmaps(pred:Predictor, ds, idx:list, rows:list, labels:list) -> list[str]:
-    "Grad-CAM of label `labels[k]` over image `rows[k]`, blended over the image (data URIs)."
-    if not rows: return []
-    model = pred.model.models[0] if pred.run.cv else pred.model   # CV: its first fold's
-    x = torch.stack([ds[idx[i]][0] for i in rows]).to(pred.device)
-    cams = gradcam(model, x, torch.as_tensor(labels))
-    return [_uri(_blend(x[k], cams[k], pred.cfg)) for k in range(len(rows))]
+def _cam_uris(it:Interpretation, ids:list, cls:int|None=None) -> list[str]:
+    "Grad-CAM of class `cls` (None: the run's default) over images `ids`, blended (data URIs)."
+    if not ids: return []
+    x, cams = it.heatmaps(ids, cls)
+    return [_uri(_blend(x[k], cams[k], it.predictor.cfg)) for k in range(len(ids))]
 
 def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images:int|None=None,
                         data_dir=None, progress:bool|None=None,
@@ -335,41 +408,28 @@ def multilabel_analysis(pred:Predictor, split:str='test', top:int=16, max_images
     ("`analyze` of a multi-label run: per-class missed and spurious labels, the labels' "
      "co-occurrence, the images of the largest losses and heatmaps of their worst label, "
      "heatmaps of one label, and (a CV folder) label-issue candidates.")
-    from torch.utils.data import DataLoader, Subset
     from imgcls.multilabel import multilabel_metrics
-    ds = pred.run.dataset(split, data_dir)
-    idx = list(range(len(ds)))[:max_images]
-    probs, labels = [], []
-    for x, y in progress_bar(DataLoader(Subset(ds, idx), batch_size=64), desc=f'scoring {split}',
-                             enabled=progress):
-        probs.append(pred.both_probabilities(x)[1]); labels.append(y)
-    p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy() > 0.5
-    thr, classes = pred.thresholds.numpy(), pred.classes
-    on = p >= thr
-    lmat = -(y * np.log(np.clip(p, 1e-7, 1)) + ~y * np.log(np.clip(1 - p, 1e-7, 1)))
-    names = lambda row: ' '.join(c for c, b in zip(classes, row) if b)
-    m = multilabel_metrics(y, p, classes, thr)
-    worst = np.argsort(-lmat.sum(1))[:top]
+    it = MultiLabelInterpretation.from_run(pred, split, max_images, data_dir, progress=progress)
+    ds, idx, classes = it.ds, it.idx, it.classes
+    p, y, on, lmat = (t.numpy() for t in (it.probs, it.labels, it.preds, it.label_losses))
+    m, pl = multilabel_metrics(y, p, classes, it.thresholds.numpy()), it.per_label()
+    worst = it.top_losses(top)
     li = classes.index(label) if label is not None else int(np.argmax((y != on).sum(0)))
     mine = [int(i) for i in np.argsort(-lmat[:, li]) if y[i, li] or on[i, li]][:top]
     res = {'run': str(pred.run.run_dir), 'split': split, 'n': len(idx), 'classes': classes,
            'task': 'multi_label',
            'metrics': {k: m[k] for k in ('acc', 'macro_f1', 'micro_f1', 'map')},
-           'per_class': {c: {**m['per_class'][c], 'missed': int((y[:, i] & ~on[:, i]).sum()),
-                             'spurious': int((~y[:, i] & on[:, i]).sum())}
-                         for i, c in enumerate(classes)},
+           'per_class': {c: {**m['per_class'][c], 'missed': pl[c]['missed'],
+                             'spurious': pl[c]['spurious']} for c in classes},
            'co_occurrence': (y.T.astype(int) @ y.astype(int)).tolist(),
-           'top_losses': [{'path': str(ds.path(idx[i])), 'true': names(y[i]),
-                           'predicted': names(on[i]), 'loss': float(lmat[i].sum()),
-                           'worst_label': classes[int(lmat[i].argmax())]} for i in worst],
+           'top_losses': [it.row(i) for i in worst],
            'heatmap_label': {'label': classes[li], 'images': [
                {'path': str(ds.path(idx[i])), 'labelled': bool(y[i, li]), 'p': float(p[i, li]),
                 'loss': float(lmat[i, li])} for i in mine]}}
     res['most_missed'] = sorted(classes, key=lambda c: -res['per_class'][c]['missed'])[:5]
     res['most_spurious'] = sorted(classes, key=lambda c: -res['per_class'][c]['spurious'])[:5]
-    try: cams = {'worst': _label_heatmaps(pred, ds, idx, list(worst),
-                                          lmat[worst].argmax(1).tolist()),
-                 'label': _label_heatmaps(pred, ds, idx, mine, [li] * len(mine))}
+    try: cams = {'worst': _cam_uris(it, worst),   # each image's worst label
+                 'label': _cam_uris(it, mine, li)}
     except DataError as e: logger.warning(f'no heatmaps: {e}'); cams = {}
     return _multilabel_write(pred, res, cams, top)
 

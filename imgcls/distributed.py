@@ -15,7 +15,7 @@ from .trainer import BaseTrainer
 # %% auto #0
 __all__ = ['AccelerateTrainer']
 
-# %% ../nbs/09a_distributed.ipynb #a77d7ada
+# %% ../nbs/09a_distributed.ipynb #551c0aa7
 class AccelerateTrainer(BaseTrainer):
     "The training loop under Hugging Face Accelerate: any number of processes and machines."
     trainer_type = 'accelerate'
@@ -101,7 +101,7 @@ class AccelerateTrainer(BaseTrainer):
         limit = self.cfg.training.limit_val_batches if split == 'val' and not full else None
         model.eval()
         logits, labels = [], []
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.eval_autocast():
             for i, (x, y) in enumerate(self.dls[split]):
                 if limit is not None and i >= limit: break
                 if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)

@@ -146,7 +146,7 @@ def under_fitting(cfg, # the run's config
             'weaken the augmentation (augmentation.scale, mixup, cutmix), or use a larger '
             f'model; check optimizer.lr ({o.lr:g}) with ml-lr-finder')
 
-# %% ../nbs/08b_run_files.ipynb #ee828a47
+# %% ../nbs/08b_run_files.ipynb #5886ac95
 def _test_with_tta(trainer, results:dict) -> dict|None:
     "With `evaluation.tta`: the test split again, averaged over the TTA views, and its report."
     views = tta_views(trainer.cfg) if trainer.cfg.evaluation.tta else None
@@ -197,10 +197,11 @@ def finalize_run(trainer, # a trainer whose loop has ended (any `BaseTrainer`)
                  stopped_early:bool, # did early stopping end it?
                  images:int, # training images seen (for the throughput)
                 ) -> dict:
-    ("Load `best.pt`, evaluate it on val and test (and with TTA when asked), fit the temperature "
-     "on val and store it in `best.pt`, write the reports, `summary.json` and `summary.txt`, "
-     "close the run's log; returns the summary.")
+    ("Load `best.pt`, evaluate it in float32 on val and test (and with TTA when asked), fit the "
+     "temperature on val and store it in `best.pt`, write the reports, `summary.json` and "
+     "`summary.txt`, close the run's log; returns the summary.")
     best_path = trainer.run_dir/'weights'/'best.pt' if trainer.run_dir is not None else None
+    trainer.final_eval = True   # best.pt evaluated in float32, as it is deployed
     if best_path is not None and best_path.exists():
         load_weights(trainer.unwrapped_model, load_checkpoint(best_path)['model'], str(best_path))
     results, out = {}, {}

@@ -47,7 +47,7 @@ class _Collect(logging.Handler):
                 and all(isinstance(h, _Collect) for h in logger.handlers)):
             logging.lastResort.handle(record)  # what Python does when no handler is set up
 
-# %% ../nbs/09_trainer.ipynb #bed82507
+# %% ../nbs/09_trainer.ipynb #3743ffe2
 DEFAULT_CALLBACKS = []  # the built-in callbacks' classes: each cell below adds its own
 
 class BaseTrainer:
@@ -57,6 +57,7 @@ class BaseTrainer:
     # -- what this trainer supports. The config check, the LR finder, the search and the model
     #    builder ask these, never the trainer's name.
     autocasts = False          # forward passes run under autocast (training.amp_dtype)
+    final_eval = False         # set by finalize_run: evaluation in float32, as deployed
     several_processes = False  # may run as several processes (ml-search runs one a trial)
     plain_sweep = True         # trains as ml-lr-finder's plain single-device sweep does
     unsupported = {}           # 'mixing' | 'ema' | 'gradient_accumulation' -> why it is refused
@@ -100,6 +101,11 @@ class BaseTrainer:
     def select_device(self) -> torch.device: return get_device(self.cfg.training.device)
     # -- hooks that subclasses change --------------------------------------------------------------
     def autocast(self): return nullcontext()
+    def eval_autocast(self):
+        ("The precision evaluation runs in: the trainer's autocast while it trains; float32 once "
+         "`final_eval` is set (the reports, temperature and thresholds of best.pt are then what "
+         "ml-inference, the ONNX file and ml-serve compute).")
+        return nullcontext() if self.final_eval else self.autocast()
     def make_scaler(self): return None
     def prepare(self):
         ("Wrap model, optimizer and loaders (e.g. for Accelerate or Opacus); called at the end "
@@ -413,7 +419,7 @@ def _resume_hint(self:BaseTrainer) -> str:
     return (f'{last} keeps epoch {self.epoch}; once the cause is mended (files back, or the '
             f'splits re-made with ml-split --force), continue with ml-train --resume {last}')
 
-# %% ../nbs/09_trainer.ipynb #ed069b0a
+# %% ../nbs/09_trainer.ipynb #9121630b
 @patch
 def epoch_loader(self:BaseTrainer, start:int):
     "This epoch's training batches, from batch `start` on (after a mid-epoch resume)."
@@ -498,7 +504,7 @@ def validate(self:BaseTrainer, split:str='val', # val or test
             ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     "The task's metrics of the current model on `split`, with its logits and labels."
     limit = self.cfg.training.limit_val_batches if split == 'val' and not full else None
-    with self.autocast():
+    with self.eval_autocast():
         logits, labels = predict(model or self.forward_model, self.dls[split], self.device,
                                  limit=limit, channels_last=self.channels_last)
     return self.task.metrics(logits, labels, self.classes), logits, labels
