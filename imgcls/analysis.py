@@ -81,7 +81,7 @@ def _blend(x:torch.Tensor, cam:torch.Tensor, cfg:Config) -> np.ndarray:
                                         align_corners=False)[0, 0].numpy()
     return (0.55 * img + 0.45 * matplotlib.colormaps['jet'](h)[..., :3]).clip(0, 1)
 
-# %% ../nbs/14a_analysis.ipynb #f49eda18
+# %% ../nbs/14a_analysis.ipynb #444523b1
 class Interpretation:
     "What a trained model gets wrong on one split: losses, confusions, outliers, label issues."
     def __init__(self, predictor:Predictor, dataset, idx:list, probs:torch.Tensor,
@@ -183,11 +183,16 @@ class Interpretation:
         return ([dict(g, kind='identical') for g in m.get('duplicates') or []]
                 + [dict(g, kind='near-identical') for g in m.get('near_duplicates') or []])
 
+    def cam_classes(self, ids:list): return None   # what a heatmap explains: the prediction
+    def caption(self, r:dict) -> str:
+        "A top-loss image's title, from its `row`."
+        return f"{r['true']} -> {r['predicted']}\np {r['p_predicted']:.2f}, loss {r['loss']:.2f}"
     def heatmaps(self, ids:list, cls:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
         ("The preprocessed images `ids` and their Grad-CAM heatmaps of class `cls` "
-         "(None: the predicted class).")
+         "(None: `cam_classes`, the predicted class; a multi-label run's worst label).")
         x = torch.stack([self.ds[self.idx[i]][0] for i in ids]).to(self.predictor.device)
-        return x, gradcam(self.model, x, None if cls is None else torch.full((len(ids),), cls))
+        return x, gradcam(self.model, x, self.cam_classes(ids) if cls is None
+                          else torch.full((len(ids),), cls))
 
 # %% ../nbs/14a_analysis.ipynb #454ac270
 def label_issues(cv_dir, # a folder written by `ml-train --fold all`
@@ -209,7 +214,7 @@ def label_issues(cv_dir, # a folder written by `ml-train --fold all`
              'suggested': classes[int(probs[i].argmax())],
              'self_confidence': float(probs[i, given[i]])} for i in ranked[:top]]
 
-# %% ../nbs/14a_analysis.ipynb #68f910e0
+# %% ../nbs/14a_analysis.ipynb #2c03c5a2
 def _grid(images:list, titles:list, cols:int=None, side:float=2.0):
     import matplotlib.pyplot as plt
     n = max(1, len(images)); cols = cols or min(n, 6); rows = -(-n // cols)
@@ -222,15 +227,14 @@ def _grid(images:list, titles:list, cols:int=None, side:float=2.0):
 
 @patch
 def plot_top_losses(self:Interpretation, k:int=9, # images
-                    heatmap:bool=False, # Grad-CAM of the predicted class over each image
+                    heatmap:bool=False, # Grad-CAM over each image (of `cam_classes`)
                    ):
     "The `k` images with the highest loss: true -> predicted class, probability, loss."
     ids = self.top_losses(k)
     x = torch.stack([self.ds[self.idx[i]][0] for i in ids]) if ids else None
     ims = ([_blend(a, c, self.predictor.cfg) for a, c in zip(*self.heatmaps(ids))] if heatmap
            else [_view(a, self.predictor.cfg) for a in x] if ids else [])
-    return _grid(ims, [f"{r['true']} -> {r['predicted']}\np {r['p_predicted']:.2f}, "
-                       f"loss {r['loss']:.2f}" for r in map(self.row, ids)])
+    return _grid(ims, [self.caption(r) for r in map(self.row, ids)])
 
 @patch
 def plot_confusion_matrix(self:Interpretation, normalize:bool=False):
@@ -289,7 +293,7 @@ def cleaner(self:Interpretation, which:str='top_losses', # top_losses | label_is
     ui.picks, ui.save = picks, _save   # for scripts and tests
     return ui
 
-# %% ../nbs/14a_analysis.ipynb #9a02f8c1
+# %% ../nbs/14a_analysis.ipynb #9385e0fd
 class MultiLabelInterpretation(Interpretation):
     "What a multi-label model gets wrong on one split: label sets, per-label losses and errors."
     multi_label = True
@@ -343,23 +347,12 @@ class MultiLabelInterpretation(Interpretation):
             raise DataError(f'{self.run.path}: label issues need out-of-fold predictions; run '
                             '`ml-train --fold all` and analyse its cross-validation folder')
         return multilabel_issues(self.run.path, self.classes)[:top]
-    def heatmaps(self, ids:list, cls:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
-        "Images `ids` and their Grad-CAM of class `cls` (None: the label each got most wrong)."
-        x = torch.stack([self.ds[self.idx[i]][0] for i in ids]).to(self.predictor.device)
-        cls = (self.label_losses[ids].argmax(1) if cls is None else
-               torch.full((len(ids),), cls))
-        return x, gradcam(self.model, x, cls)
-    def plot_top_losses(self, k:int=9, # images
-                        heatmap:bool=False, # Grad-CAM of each image's worst label
-                       ):
-        "The `k` images of the highest loss: true -> predicted label sets, the worst label."
-        ids = self.top_losses(k)
-        ims = ([_blend(a, c, self.predictor.cfg) for a, c in zip(*self.heatmaps(ids))]
-               if heatmap and ids else [_view(self.ds[self.idx[i]][0], self.predictor.cfg)
-                                        for i in ids])
-        return _grid(ims, [f"{r['true'] or '-'} -> {r['predicted'] or '-'}\n{r['worst_label']} "
-                           f"p {r['p_worst']:.2f}, loss {r['loss']:.2f}"
-                           for r in map(self.row, ids)])
+    def cam_classes(self, ids:list) -> torch.Tensor:
+        "What a heatmap explains by default: the label each image got most wrong."
+        return self.label_losses[ids].argmax(1)
+    def caption(self, r:dict) -> str:
+        return (f"{r['true'] or '-'} -> {r['predicted'] or '-'}\n{r['worst_label']} "
+                f"p {r['p_worst']:.2f}, loss {r['loss']:.2f}")
 
 # %% ../nbs/14a_analysis.ipynb #5c44429b
 _CSS = ('body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}'
